@@ -92,6 +92,9 @@ class ArithmeticConfig(Strict):
 
     n_train: int = Field(20000, ge=0)
     n_heldout: int = Field(200, ge=0)
+    """Questions kept out of training, for evaluation."""
+    n_pts: int = Field(64, ge=0)
+    """Training questions that PTS searches (the paper runs PTS on training prompts)."""
     min_terms: int = Field(3, ge=2)
     max_terms: int = Field(5, ge=2)
     max_operand: int = Field(9, ge=1)
@@ -144,8 +147,6 @@ class TrainConfig(Strict):
     checkpoint_every: int = Field(0, ge=0)
     """Steps between checkpoints; 0 means only at the end."""
     max_failures: int = Field(0, ge=-1)
-    doc_mask: bool = False
-    """Stop attention at document boundaries inside packed rows."""
     rope_theta: float | None = None
     """Set the RoPE base before training (midtraining: 250000)."""
     seq_len: int | None = None

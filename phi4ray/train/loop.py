@@ -1,0 +1,368 @@
+"""The per-worker training loop shared by every stage: DeepSpeed ZeRO, schedule, checkpoints, export.
+
+It runs under Ray Train (`ray_worker_loop`, one call per worker) or without Ray in one process
+(`train_local`), which is what GPU benchmarks call. What differs between the two is only the
+`Context`: where batches come from, where metrics and checkpoints go.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import socket
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+
+from phi4ray.config import TrainConfig
+from phi4ray.train import objectives
+from phi4ray.train.schedule import lr_at
+from phi4ray.train.zero import ds_config
+
+log = logging.getLogger(__name__)
+DS_TAG = "ds"
+STATE_FILE = "phi4ray_state.json"
+
+# Peak dense bf16 FLOP/s of accelerators we know, for MFU. Unknown devices report no MFU.
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+
+
+@dataclass
+class LoopSpec:
+    """Everything a worker needs, as plain data (it crosses process boundaries)."""
+
+    stage: str
+    objective: str  # "lm" or "dpo"
+    train: dict
+    total_steps: int
+    run_dir: str
+    export_rel: str
+    preset: str = "tiny"
+    model_overrides: dict = field(default_factory=dict)
+    init_path: str | None = None
+    beta: float = 0.1
+    log_every: int = 10
+
+    @property
+    def cfg(self) -> TrainConfig:
+        return TrainConfig.model_validate(self.train) if self.objective == "lm" else _dpo_cfg(self.train)
+
+
+def _dpo_cfg(d: dict) -> TrainConfig:
+    from phi4ray.config import DPOConfig
+
+    return DPOConfig.model_validate(d)
+
+
+# -- batches ----------------------------------------------------------------------------------
+def lm_batch(b: dict[str, np.ndarray], device) -> dict:
+    return {
+        "input_ids": torch.as_tensor(np.stack(b["input_ids"]), dtype=torch.long, device=device),
+        "loss_mask": torch.as_tensor(np.stack(b["loss_mask"]), dtype=torch.long, device=device),
+    }
+
+
+def dpo_batch(b: dict[str, np.ndarray], device, pad_id: int) -> dict:
+    """Rows [chosen_1..chosen_B, rejected_1..rejected_B], each prompt + completion, right-padded."""
+    rows, masks = [], []
+    for key in ("chosen_ids", "rejected_ids"):
+        for prompt, comp in zip(b["prompt_ids"], b[key]):
+            prompt, comp = list(prompt), list(comp)
+            rows.append(prompt + comp)
+            masks.append([0] * len(prompt) + [1] * len(comp))
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    cmask = torch.zeros((len(rows), width), dtype=torch.long)
+    amask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, (r, m) in enumerate(zip(rows, masks)):
+        ids[i, : len(r)] = torch.tensor(r)
+        cmask[i, : len(m)] = torch.tensor(m)
+        amask[i, : len(r)] = 1
+    out = {"input_ids": ids.to(device), "completion_mask": cmask.to(device), "attention_mask": amask.to(device)}
+    if "ref_chosen_logp" in b:
+        out["ref_logps"] = torch.as_tensor(
+            np.concatenate([b["ref_chosen_logp"], b["ref_rejected_logp"]]), dtype=torch.float32, device=device
+        )
+    return out
+
+
+# -- contexts ---------------------------------------------------------------------------------
+class Context:
+    world_size: int = 1
+    rank: int = 0
+
+    def batches(self, micro_batch_size: int) -> Iterable[dict]:
+        raise NotImplementedError
+
+    def report(self, metrics: dict, ckpt_dir: str | None) -> None:
+        raise NotImplementedError
+
+    def latest_checkpoint(self) -> Any:
+        """A context manager yielding a local checkpoint folder, or None."""
+        raise NotImplementedError
+
+
+class RayContext(Context):
+    def __init__(self):
+        import ray.train
+
+        ctx = ray.train.get_context()
+        self.world_size, self.rank = ctx.get_world_size(), ctx.get_world_rank()
+        self._shard = ray.train.get_dataset_shard("train")
+
+    def batches(self, micro_batch_size):
+        return self._shard.iter_batches(batch_size=micro_batch_size, batch_format="numpy", drop_last=True)
+
+    def report(self, metrics, ckpt_dir):
+        import ray.train
+
+        ckpt = ray.train.Checkpoint.from_directory(ckpt_dir) if ckpt_dir else None
+        ray.train.report(metrics, checkpoint=ckpt)
+
+    def latest_checkpoint(self):
+        import ray.train
+
+        ckpt = ray.train.get_checkpoint()
+        return ckpt.as_directory() if ckpt else None
+
+
+class LocalContext(Context):
+    """One process, no Ray: batches from an in-memory table, checkpoints in a local folder."""
+
+    def __init__(self, rows: dict[str, list], ckpt_root: str, on_report: Callable[[dict], None] | None = None):
+        self.rows, self.ckpt_root, self.on_report = rows, ckpt_root, on_report
+        self.history: list[dict] = []
+
+    def batches(self, micro_batch_size):
+        n = len(next(iter(self.rows.values())))
+        for i in range(0, n - micro_batch_size + 1, micro_batch_size):
+            yield {k: np.array(v[i : i + micro_batch_size], dtype=object) for k, v in self.rows.items()}
+
+    def report(self, metrics, ckpt_dir):
+        self.history.append(metrics)
+        if ckpt_dir:
+            import shutil
+
+            dest = os.path.join(self.ckpt_root, f"step_{metrics['step']:08d}")
+            shutil.copytree(ckpt_dir, dest, dirs_exist_ok=True)
+        if self.on_report:
+            self.on_report(metrics)
+
+    def latest_checkpoint(self):
+        import contextlib
+
+        if not os.path.isdir(self.ckpt_root):
+            return None
+        steps = sorted(d for d in os.listdir(self.ckpt_root) if d.startswith("step_"))
+        return contextlib.nullcontext(os.path.join(self.ckpt_root, steps[-1])) if steps else None
+
+
+# -- model set-up -----------------------------------------------------------------------------
+def _load_policy(spec: LoopSpec, cfg: TrainConfig):
+    from phi4ray.model import build_model, load_model, set_rope_theta
+
+    if spec.init_path:
+        path = spec.init_path
+        if "://" in path:
+            from phi4ray.run import RunDir
+
+            path = RunDir(path).local_dir("")
+        model = load_model(path)
+        model.train()
+    else:
+        model = build_model(spec.preset, seed=cfg.seed, **spec.model_overrides)
+    if cfg.rope_theta:
+        set_rope_theta(model.config, cfg.rope_theta)
+        model.model.rotary_emb = type(model.model.rotary_emb)(config=model.config)
+    if cfg.seq_len and cfg.seq_len > model.config.max_position_embeddings:
+        model.config.max_position_embeddings = cfg.seq_len
+    return model
+
+
+def _param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
+    decay, no_decay = [], []
+    for p in module.parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _peak_flops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+
+
+# -- the loop ---------------------------------------------------------------------------------
+def run_loop(spec: LoopSpec, ctx: Context) -> dict:
+    import deepspeed
+
+    from phi4ray.model import flops_per_token, save_checkpoint
+    from phi4ray.run import RunDir
+    from phi4ray.tokenizer import EOT_ID
+
+    cfg = spec.cfg
+    use_cuda = cfg.use_gpu and torch.cuda.is_available()
+    device = torch.device("cuda", torch.cuda.current_device()) if use_cuda else torch.device("cpu")
+    torch.manual_seed(cfg.seed + ctx.rank)
+
+    policy = _load_policy(spec, cfg)
+    if spec.objective == "dpo":
+        reference = None if getattr(cfg, "precompute_ref", False) else _load_policy(spec, cfg).to(device)
+        module = objectives.DPO(policy, reference, spec.beta)
+    else:
+        module = objectives.CausalLM(policy)
+    optimizer = torch.optim.AdamW(_param_groups(module, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_at(s, 1.0, spec.total_steps, cfg.warmup_steps, cfg.min_lr_ratio)
+    )
+    engine, _, _, _ = deepspeed.initialize(
+        model=module, optimizer=optimizer, lr_scheduler=sched, config=ds_config(cfg, ctx.world_size, bf16=use_cuda)
+    )
+
+    step, epoch, consumed = 0, 0, 0  # consumed: micro-batches of the current epoch already trained
+    resume = ctx.latest_checkpoint()
+    if resume is not None:
+        with resume as d:
+            engine.load_checkpoint(d, tag=DS_TAG)
+            with open(os.path.join(d, STATE_FILE)) as f:
+                state = json.load(f)
+        step, epoch, consumed = state["step"], state["epoch"], state["consumed_micro_batches"]
+        if ctx.rank == 0:
+            log.warning("%s: resumed at step %d (epoch %d, micro-batch %d)", spec.stage, step, epoch, consumed)
+
+    fpt = flops_per_token(policy.config, cfg.seq_len or 1024)
+    peak = _peak_flops(device)
+    accum = engine.gradient_accumulation_steps()
+    window: dict[str, float] = {}
+    t_window, tok_window, tokens_seen, t_start = time.time(), 0, 0, time.time()
+    last: dict = {}
+
+    def checkpoint(metrics: dict) -> None:
+        with tempfile.TemporaryDirectory() as d:
+            engine.save_checkpoint(d, tag=DS_TAG)
+            if ctx.rank == 0:
+                with open(os.path.join(d, STATE_FILE), "w") as f:
+                    json.dump({"step": step, "epoch": epoch, "consumed_micro_batches": consumed}, f)
+            ctx.report(metrics, d)
+
+    while step < spec.total_steps:
+        skip, seen = consumed, 0
+        for raw in ctx.batches(cfg.micro_batch_size):
+            seen += 1
+            if seen <= skip:
+                continue  # trained on before the restart
+            batch = lm_batch(raw, device) if spec.objective == "lm" else dpo_batch(raw, device, EOT_ID)
+            out = engine(**batch)
+            engine.backward(out["loss"])
+            boundary = engine.is_gradient_accumulation_boundary()
+            engine.step()
+            consumed += 1
+            tok_window += int(out["tokens"])
+            tokens_seen += int(out["tokens"]) * ctx.world_size
+            for k, v in out.items():
+                if k != "tokens":
+                    window[k] = window.get(k, 0.0) + float(v) / accum
+            if not boundary:
+                continue
+            step += 1
+            logged = step % spec.log_every == 0 or step == spec.total_steps
+            if logged:
+                dt = max(time.time() - t_window, 1e-9)
+                tokens_per_s = tok_window * ctx.world_size / dt
+                n = (step - 1) % spec.log_every + 1
+                last = {k: v / n for k, v in window.items()}
+                last.update(step=step, epoch=epoch, lr=sched.get_last_lr()[0], tokens_per_s=tokens_per_s)
+                last.update(tokens=tokens_seen, seconds=time.time() - t_start)
+                last["tflops_per_s"] = tokens_per_s * fpt / 1e12
+                if peak:
+                    last["mfu"] = tokens_per_s * fpt / (peak * ctx.world_size)
+                if ctx.rank == 0:
+                    log.warning(
+                        "%s step %d/%d loss %.4f lr %.2e %.0f tok/s",
+                        spec.stage, step, spec.total_steps, last["loss"], last["lr"], tokens_per_s,
+                    )
+                window, t_window, tok_window = {}, time.time(), 0
+            if step == spec.total_steps or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
+                checkpoint(last if logged else {"step": step, "epoch": epoch})
+            elif logged:
+                ctx.report(last, None)
+            if step >= spec.total_steps:
+                break
+        if seen == 0:
+            raise RuntimeError(f"{spec.stage}: worker {ctx.rank} got no batch of {cfg.micro_batch_size} rows")
+        if step < spec.total_steps:
+            epoch, consumed = epoch + 1, 0
+
+    _export(engine, policy, cfg, spec, ctx.rank, RunDir(spec.run_dir), save_checkpoint)
+    return last
+
+
+def _export(engine, policy, cfg: TrainConfig, spec: LoopSpec, rank: int, run_dir, save_checkpoint) -> None:
+    """Consolidated HF folder (weights + tokenizer) that transformers and vLLM load directly."""
+    import contextlib
+
+    import deepspeed
+
+    gather = (
+        deepspeed.zero.GatheredParameters(list(policy.parameters()), modifier_rank=None)
+        if cfg.zero_stage == 3
+        else contextlib.nullcontext()
+    )
+    with gather:
+        if rank == 0:
+            with tempfile.TemporaryDirectory() as d:
+                out = os.path.join(d, "hf")
+                save_checkpoint(policy, out, extra={"stage": spec.stage})
+                run_dir.upload_dir(out, spec.export_rel)
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def ray_worker_loop(spec_dict: dict) -> None:
+    """Entry point that Ray Train runs on each worker."""
+    torch.set_num_threads(max(1, int(spec_dict["train"].get("cpus_per_worker", 1))))
+    run_loop(LoopSpec(**spec_dict), RayContext())
+
+
+def train_local(spec: LoopSpec, rows: dict[str, list], ckpt_root: str, on_report=None) -> tuple[dict, list[dict]]:
+    """Run the loop in this process, without Ray (one worker). Returns (last metrics, history)."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+        backend = "nccl" if spec.cfg.use_gpu and torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend, rank=0, world_size=1)
+    ctx = LocalContext(rows, ckpt_root, on_report)
+    last = run_loop(spec, ctx)
+    return last, ctx.history
+
+
+def spec_dict(spec: LoopSpec) -> dict:
+    return asdict(spec)
+
+
+def steps_for(rows: int, cfg: TrainConfig, world_size: int) -> int:
+    """Optimizer steps for `cfg.epochs` over `rows` rows (or `cfg.max_steps` when set)."""
+    if cfg.max_steps:
+        return cfg.max_steps
+    per_epoch = (rows // (cfg.micro_batch_size * world_size)) * cfg.micro_batch_size * world_size
+    steps = math.floor(per_epoch * cfg.epochs / cfg.global_batch_size)
+    if steps < 1:
+        raise ValueError(
+            f"{rows} rows make no full optimizer step of global_batch_size {cfg.global_batch_size}; "
+            "lower the batch size or add data"
+        )
+    return steps
