@@ -53,6 +53,9 @@ class CurateConfig(Strict):
     min_chars: int = Field(200, ge=0)
     langid: LangIdConfig = Field(default_factory=LangIdConfig)
     exact_dedup: bool = True
+    dedup_shuffle_min_rows: int = Field(1_000_000, ge=0)
+    """Exact dedup over at least this many documents runs as a Ray Data groupby (a distributed
+    shuffle); below it, as one pyarrow group-by on the driver (same result, no shuffle overhead)."""
     concurrency: int | None = None
 
 
@@ -76,6 +79,15 @@ class EngineConfig(Strict):
     num_cpus_per_actor: float = 1.0
     num_gpus_per_actor: float = 0.0
     device: str = "auto"
+    """`auto` (CUDA when there is one, else CPU), `cpu`, `cuda`, `cuda:1` (transformers engine)."""
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    """Weights dtype; `auto` keeps the checkpoint's."""
+    max_model_len: int | None = Field(None, ge=1)
+    """Context limit (prompt + completion); None: the model's max_position_embeddings."""
+    max_batch_rows: int = Field(64, ge=1)
+    """Transformers engine: most sequences decoded together (prompts x n)."""
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    """vLLM engine: fraction of GPU memory for weights and KV cache."""
 
 
 class RewriteConfig(Strict):

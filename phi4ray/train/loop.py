@@ -61,10 +61,14 @@ def _dpo_cfg(d: dict) -> TrainConfig:
 
 
 # -- batches ----------------------------------------------------------------------------------
+def _stack(col) -> np.ndarray:
+    return np.stack([np.asarray(x, dtype=np.int64) for x in col])
+
+
 def lm_batch(b: dict[str, np.ndarray], device) -> dict:
     return {
-        "input_ids": torch.as_tensor(np.stack(b["input_ids"]), dtype=torch.long, device=device),
-        "loss_mask": torch.as_tensor(np.stack(b["loss_mask"]), dtype=torch.long, device=device),
+        "input_ids": torch.as_tensor(_stack(b["input_ids"]), device=device),
+        "loss_mask": torch.as_tensor(_stack(b["loss_mask"]), device=device),
     }
 
 
@@ -142,7 +146,7 @@ class LocalContext(Context):
     def batches(self, micro_batch_size):
         n = len(next(iter(self.rows.values())))
         for i in range(0, n - micro_batch_size + 1, micro_batch_size):
-            yield {k: np.array(v[i : i + micro_batch_size], dtype=object) for k, v in self.rows.items()}
+            yield {k: v[i : i + micro_batch_size] for k, v in self.rows.items()}
 
     def report(self, metrics, ckpt_dir):
         self.history.append(metrics)

@@ -40,8 +40,13 @@ def run_train(stage: str, recipe: Recipe, run_dir: RunDir, force: bool = False) 
         log.warning("%s: already complete in %s; skipping", stage, run_dir.uri)
         return run_dir.stage_entry(stage)
 
+    rows = sum(run_dir.shard_meta(table, sh).get("kept", 0) for sh in run_dir.shards(table)) if run_dir.exists(table) else 0
+    if rows == 0:
+        # Nothing to learn from is a result, not a crash: PTS may find no pivotal tokens.
+        reason = f"{run_dir.uri_of(table)} has no rows"
+        log.warning("%s: skipped: %s", stage, reason)
+        return run_dir.update_stage(stage, status="skipped", reason=reason, counts={"rows": 0, "steps": 0})
     ds = run_dir.read_dataset(table)
-    rows = ds.count()
     total_steps = steps_for(rows, cfg, cfg.num_workers)
     init_path = recipe.model.path
     if cfg.init_from:

@@ -1,0 +1,315 @@
+"""The curation stage: raw files -> `curated/` (id, text, source, url, lang, lang_score, quality, meta).
+
+    readers -> per-record and batch steps -> global exact dedup -> committed shards
+
+1. **extract** (`curate/extracted/extract-NNNNN`): input files are grouped `files_per_shard` at a
+   time into units with stable names. Each unit reads its files, runs `curate_steps(cfg)`
+   (extract, langid, hash) and commits one shard of (curated columns + `hash`).
+2. **dedup ids** (`curate/dup_ids/part-00000`): a Ray Data groupby on `hash` over all extracted
+   shards lists every non-surviving id with its survivor; committed once.
+3. **filter** (`curated/part-NNNNN`): each extracted shard minus its duplicates, which go to
+   `rejects/curate/` as `exact_duplicate: of <survivor id>`.
+
+Every shard is committed atomically by `stage.run_shards`, so a killed run resumes where it
+stopped and produces the same bytes. Phase-1 and phase-2 shards have different names
+(`extract-*` vs `part-*`) so their reject shards sit side by side in `rejects/curate/`.
+The unit plan is saved in `curate/plan.json`; a re-run over changed inputs is an error (use
+`force`), never a silent mix of old and new shards.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass
+from functools import partial
+from importlib import resources
+from typing import Callable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from phi4ray.config import CurateConfig
+from phi4ray.data.dedup import DUP_SCHEMA, content_hash, duplicate_ids, duplicate_ids_table
+from phi4ray.data.extract import extract
+from phi4ray.data.langid import lang_group, langid_batch, load_model
+from phi4ray.data.readers import InputFile, expand_inputs, read_records
+from phi4ray.run import RunDir, RunDirError, config_hash
+from phi4ray.stage import Reject, ShardResult, apply_steps, reject_row, run_shards
+
+log = logging.getLogger(__name__)
+
+STAGE = "curate"
+EXTRACTED = "curate/extracted"
+DUP_IDS = "curate/dup_ids"
+DUP_SHARD = "part-00000"
+PLAN = "curate/plan.json"
+CURATED = "curated"
+OUTPUTS = ["curate", CURATED, f"rejects/{STAGE}"]
+
+CURATED_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("text", pa.string()),
+        ("source", pa.string()),
+        ("url", pa.string()),
+        ("lang", pa.string()),
+        ("lang_score", pa.float32()),
+        ("quality", pa.float32()),
+        ("meta", pa.string()),
+    ]
+)
+EXTRACTED_SCHEMA = CURATED_SCHEMA.remove(CURATED_SCHEMA.get_field_index("quality")).append(
+    pa.field("hash", pa.string())
+)
+
+
+# -- steps -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Step:
+    """A named curation step: per record (`fn(record) -> record | Reject`) or per batch
+    (`fn(records) -> (kept, [(record, Reject)])`, for model-backed steps that want batches)."""
+
+    name: str
+    fn: Callable
+    batch: bool = False
+
+
+def add_hash(record: dict) -> dict:
+    return {**record, "hash": content_hash(record["text"])}
+
+
+def curate_steps(cfg: CurateConfig) -> list[Step]:
+    """The per-document pipeline of phase 1, in order. Later steps (quality classifiers,
+    heuristic filters, decontamination) slot in here."""
+    return [
+        Step("extract", partial(extract, min_chars=cfg.min_chars)),
+        Step("langid", partial(langid_batch, cfg=cfg.langid), batch=True),
+        Step("hash", add_hash),
+    ]
+
+
+def apply_batch_step(records: list[dict], step: Step, stage: str = STAGE) -> tuple[list[dict], list[dict]]:
+    """Run a batch step; if the batch raises, retry record by record so one bad record is the
+    only one rejected (reason `error`)."""
+    try:
+        kept, rejected = step.fn(records)
+        return kept, [reject_row(r, stage, step.name, rej) for r, rej in rejected]
+    except Exception as e:
+        log.warning("%s: batch step %s failed (%s); retrying record by record", stage, step.name, e)
+    kept, rejects = [], []
+    for rec in records:
+        try:
+            k, rj = step.fn([rec])
+            kept += k
+            rejects += [reject_row(r, stage, step.name, rej) for r, rej in rj]
+        except Exception as e:
+            rejects.append(reject_row(rec, stage, step.name, Reject("error", f"{type(e).__name__}: {e}")))
+    return kept, rejects
+
+
+def run_steps(records: list[dict], steps: list[Step], stage: str = STAGE) -> tuple[list[dict], list[dict]]:
+    """Records through `steps` in order: consecutive per-record steps via `stage.apply_steps`,
+    batch steps via `apply_batch_step`. Returns (kept, reject rows)."""
+    kept, rejects = records, []
+    i = 0
+    while i < len(steps) and kept:
+        if steps[i].batch:
+            kept, rj = apply_batch_step(kept, steps[i], stage)
+            i += 1
+        else:
+            j = i
+            while j < len(steps) and not steps[j].batch:
+                j += 1
+            kept, rj = apply_steps(kept, [(s.name, s.fn) for s in steps[i:j]], stage)
+            i = j
+        rejects += rj
+    return kept, rejects
+
+
+def reason_counts(rejects: list[dict]) -> dict[str, int]:
+    """{'reject/<reason code>': n}; the code is the reason before its ': detail'."""
+    c = Counter("reject/" + r["reason"].split(":", 1)[0] for r in rejects)
+    return dict(sorted(c.items()))
+
+
+# -- phase 1: read, extract, langid, hash -------------------------------------------------------
+def samples_dir() -> str:
+    """The sample pages shipped in the package (the default input)."""
+    return str(resources.files("phi4ray.data") / "samples")
+
+
+def plan_units(files: list[InputFile], files_per_shard: int) -> list[dict]:
+    units = []
+    for i in range(0, len(files), files_per_shard):
+        group = files[i : i + files_per_shard]
+        units.append(
+            {"shard": f"extract-{i // files_per_shard:05d}", "files": json.dumps([f.to_dict() for f in group])}
+        )
+    return units
+
+
+def _meta_json(meta) -> str:
+    return json.dumps(meta or {}, sort_keys=True, ensure_ascii=False, default=str)
+
+
+def extract_unit(unit: dict, cfg: CurateConfig) -> ShardResult:
+    """Phase 1 for one unit of files."""
+    files = [InputFile(**d) for d in json.loads(unit["files"])]
+    records, rejects = read_records(files, cfg.source, STAGE)
+    read = len(records) + len(rejects)
+    kept, rj = run_steps(records, curate_steps(cfg), STAGE)
+    rejects += rj
+    rows = [
+        {
+            "id": r["id"],
+            "text": r["text"],
+            "source": cfg.source,
+            "url": r.get("url") or "",
+            "lang": r["lang"],
+            "lang_score": r["lang_score"],
+            "meta": _meta_json(r.get("meta")),
+            "hash": r["hash"],
+        }
+        for r in kept
+    ]
+    table = pa.Table.from_pylist(rows, schema=EXTRACTED_SCHEMA)
+    return ShardResult(table, rejects, read, extra=reason_counts(rejects))
+
+
+# -- phase 2: drop duplicates ----------------------------------------------------------------------
+def filter_unit(unit: dict, run_dir: RunDir) -> ShardResult:
+    """Phase 2 for one extracted shard: drop the ids listed in `curate/dup_ids`."""
+    src = pq.read_table(run_dir.shard_path(EXTRACTED, unit["src"]), filesystem=run_dir.fs)
+    ids = src.column("id").to_pylist()
+    dups: dict[str, str] = {}
+    if unit["dedup"] and ids:
+        t = pq.read_table(
+            run_dir.shard_path(DUP_IDS, DUP_SHARD),
+            filesystem=run_dir.fs,
+            columns=["id", "survivor"],
+            filters=[("id", "in", ids)],
+        )
+        dups = dict(zip(t.column("id").to_pylist(), t.column("survivor").to_pylist()))
+    kept, rejects = [], []
+    for row in src.to_pylist():
+        if row["id"] in dups:
+            rejects.append(reject_row(row, STAGE, "dedup", Reject("exact_duplicate", f"of {dups[row['id']]}")))
+            continue
+        row.pop("hash")
+        kept.append({**row, "quality": None})
+    table = pa.Table.from_pylist(kept, schema=CURATED_SCHEMA)
+    extra = reason_counts(rejects)
+    extra.update({f"lang/{k}": v for k, v in sorted(Counter(r["lang"] for r in kept).items())})
+    return ShardResult(table, rejects, len(ids), extra=extra)
+
+
+# -- the stage ---------------------------------------------------------------------------------
+def _check_plan(run_dir: RunDir, units: list[dict], cfg: CurateConfig) -> None:
+    plan = {"files_per_shard": cfg.files_per_shard, "units": units}
+    old = run_dir.read_json(PLAN)
+    if old is None:
+        run_dir.write_json(PLAN, plan)
+    elif old != json.loads(json.dumps(plan)):
+        raise RunDirError(
+            f"the curate inputs changed since this run directory was started ({run_dir.uri_of(PLAN)}); "
+            "use a new run directory, or force=True to delete the curate outputs and redo them"
+        )
+
+
+def _collect(prefix: str, *extras: dict) -> dict[str, int]:
+    out: Counter = Counter()
+    for e in extras:
+        out.update({k[len(prefix) :]: int(v) for k, v in e.items() if k.startswith(prefix)})
+    return dict(sorted(out.items()))
+
+
+def run_curate(cfg: CurateConfig, run_dir: RunDir, force: bool = False) -> dict:
+    """Curate `cfg.inputs` (default: the shipped samples) into `curated/`. Exactly-once and
+    restartable. Returns counts: read, kept, rejected, rejects per reason, docs per language."""
+    run_dir = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    chash = config_hash(cfg)
+    if not run_dir.begin_stage(STAGE, chash, outputs=OUTPUTS, force=force):
+        entry = run_dir.stage_entry(STAGE)
+        log.info("curate: already complete in %s (config %s); skipping", run_dir.uri, chash)
+        return entry["counts"]
+    try:
+        return _run(cfg, run_dir)
+    except BaseException as e:
+        run_dir.fail_stage(STAGE, f"{type(e).__name__}: {e}")
+        raise
+
+
+def _run(cfg: CurateConfig, run_dir: RunDir) -> dict:
+    t0 = time.time()
+    inputs = cfg.inputs or [samples_dir()]
+    files = expand_inputs(inputs)
+    load_model(cfg.langid.model_path)  # a missing model fails here, not as one reject per document
+    units = plan_units(files, cfg.files_per_shard)
+    _check_plan(run_dir, units, cfg)
+    log.info("curate: %d files in %d shards from %s -> %s", len(files), len(units), ", ".join(inputs), run_dir.uri)
+
+    c1 = run_shards(run_dir, STAGE, EXTRACTED, units, partial(extract_unit, cfg=cfg), concurrency=cfg.concurrency)
+    t1 = time.time()
+    log.info("curate: extract: read %d, kept %d, rejected %d (%.1fs)", c1.read, c1.kept, c1.rejected, t1 - t0)
+
+    n_dups = 0
+    if cfg.exact_dedup:
+        if run_dir.has_shard(DUP_IDS, DUP_SHARD):
+            n_dups = run_dir.shard_meta(DUP_IDS, DUP_SHARD).get("duplicates", 0)
+        else:
+            if not c1.kept:
+                dups = DUP_SCHEMA.empty_table()
+            elif c1.kept >= cfg.dedup_shuffle_min_rows:
+                dups = duplicate_ids(run_dir.read_dataset(EXTRACTED).select_columns(["id", "hash"]))
+            else:
+                dups = duplicate_ids_table(run_dir.read_table(EXTRACTED, columns=["id", "hash"]))
+            n_dups = dups.num_rows
+            run_dir.commit_table(DUP_IDS, DUP_SHARD, dups, meta={"duplicates": n_dups})
+    t2 = time.time()
+    log.info("curate: exact dedup: %d duplicates (%.1fs)", n_dups, t2 - t1)
+
+    units2 = [
+        {"shard": "part-" + u["shard"].split("-", 1)[1], "src": u["shard"], "dedup": cfg.exact_dedup} for u in units
+    ]
+    c2 = run_shards(run_dir, STAGE, CURATED, units2, partial(filter_unit, run_dir=run_dir), concurrency=cfg.concurrency)
+    t3 = time.time()
+
+    langs = _collect("lang/", c2.extra)
+    counts = {
+        "read": c1.read,
+        "kept": c2.kept,
+        "rejected": c1.rejected + c2.rejected,
+        "rejects": _collect("reject/", c1.extra, c2.extra),
+        "langs": langs,
+        "files": len(files),
+        "shards": len(units),
+    }
+    if cfg.langid.groups:
+        groups: Counter = Counter()
+        for lang, n in langs.items():
+            groups[lang_group(lang, cfg.langid)] += n
+        counts["lang_groups"] = dict(sorted(groups.items()))
+    if counts["read"] != counts["kept"] + counts["rejected"]:
+        raise RuntimeError(f"curate: records lost or duplicated: read != kept + rejected in {counts}")
+    metrics = {
+        "seconds_extract": round(t1 - t0, 3),
+        "seconds_dedup": round(t2 - t1, 3),
+        "seconds_filter": round(t3 - t2, 3),
+        "docs_per_s": round(c1.read / max(t3 - t0, 1e-9), 2),
+        "skipped_shards": c1.skipped_shards + c2.skipped_shards,
+        "duplicates": n_dups,
+    }
+    run_dir.finish_stage(STAGE, counts=counts, metrics=metrics)
+    log.info(
+        "curate: done: read %d, kept %d, rejected %d %s; languages %s (%.1fs)",
+        counts["read"],
+        counts["kept"],
+        counts["rejected"],
+        counts["rejects"],
+        langs,
+        t3 - t0,
+    )
+    return counts
