@@ -7,6 +7,7 @@ Every model forbids unknown keys, so a typo is an error that names the key and t
 from __future__ import annotations
 
 import os
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -132,7 +133,7 @@ class TokenizeConfig(Strict):
     )
     """Target fraction of training tokens per source. Sources with no data are dropped and the rest renormalised."""
     total_tokens: int | None = None
-    """Tokens in the pretraining mixture. None: the smallest size that uses every source once."""
+    """Tokens in the pretraining mixture. None: the largest mixture in which no source repeats."""
     rows_per_shard: int = Field(4096, ge=1)
     seed: int = 0
 
@@ -258,16 +259,35 @@ def _deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML with YAML 1.2 floats: `3e-4` is a float, not the string YAML 1.1 makes of it."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+    list("-+0123456789."),
+)
+
+
+def _yaml(text: str):
+    return yaml.load(text, Loader=_Loader)
+
+
 def _load_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     if path.resolve() in seen:
         raise RecipeError(f"{path}: recipes inherit from each other in a cycle")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = _yaml(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise RecipeError(f"{path}: not valid YAML: {e}") from e
     if not isinstance(data, dict):
         raise RecipeError(f"{path}: a recipe must be a mapping of sections, got {type(data).__name__}")
     base = data.pop("base", None)
+    try:  # each file alone, so that an error names the file that holds it
+        Recipe.model_validate(data)
+    except ValidationError as e:
+        raise RecipeError(_format_errors(e, path, set())) from None
     if base:
         parent = _recipe_path(base) if not str(base).endswith((".yaml", ".yml")) else (path.parent / base)
         data = _deep_merge(_load_yaml(parent, seen + (path.resolve(),)), data)
@@ -283,7 +303,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     if not parts:
         raise RecipeError(f"override '{item}' has an empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = _yaml(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     return parts, value
@@ -293,7 +313,8 @@ def _format_errors(err: ValidationError, path: Path, overridden: set[str]) -> st
     lines = []
     for e in err.errors():
         key = ".".join(str(x) for x in e["loc"])
-        where = "command-line override" if key in overridden else str(path)
+        from_cli = any(key == o or key.startswith(o + ".") for o in overridden)
+        where = "command-line override" if from_cli else str(path)
         if e["type"] == "extra_forbidden":
             lines.append(f"{where}: unknown key '{key}'")
         else:

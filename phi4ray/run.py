@@ -185,9 +185,11 @@ class RunDir:
     def stage_entry(self, stage: str) -> dict | None:
         return self.manifest()["stages"].get(stage)
 
-    def update_stage(self, stage: str, **fields: Any) -> dict:
-        """Merge `fields` into the manifest entry of `stage` (driver only: one writer)."""
+    def update_stage(self, stage: str, replace: bool = False, **fields: Any) -> dict:
+        """Merge `fields` into the manifest entry of `stage` (or replace it). Driver only: one writer."""
         m = self.manifest()
+        if replace:
+            m["stages"][stage] = {}
         entry = m["stages"].setdefault(stage, {})
         entry.update(fields)
         self.write_json(MANIFEST, m)
@@ -219,7 +221,7 @@ class RunDir:
             entry = None
         if entry and entry.get("status") == "complete":
             return False
-        self.update_stage(stage, status="running", config_hash=cfg_hash, started=time.time())
+        self.update_stage(stage, replace=True, status="running", config_hash=cfg_hash, started=time.time())
         return True
 
     def finish_stage(self, stage: str, **fields: Any) -> dict:

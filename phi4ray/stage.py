@@ -145,8 +145,8 @@ def commit_shard(run_dir: RunDir, stage: str, out_dir: str, shard: str, result: 
         "rejected": len(result.rejects),
         "extra": result.extra,
     }
-    if result.rejects:
-        run_dir.commit_table(f"rejects/{stage}", shard, pa.Table.from_pylist(result.rejects, schema=REJECT_SCHEMA))
+    if result.rejects:  # named after the output too: one stage may write several outputs
+        run_dir.commit_table(f"rejects/{stage}", f"{out_dir.replace('/', '_')}-{shard}", pa.Table.from_pylist(result.rejects, schema=REJECT_SCHEMA))
     run_dir.commit_table(out_dir, shard, result.kept, meta=meta)
     count(stage, "read", meta["read"])
     count(stage, "kept", meta["kept"])

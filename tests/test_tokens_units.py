@@ -128,11 +128,6 @@ def test_pack_examples_truncates_long_examples_and_counts_it():
     assert rows.input_ids[1][:2] == [7, 8] and st.pad_tokens == 8
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pack.py pack_examples: an empty example opens an empty row, and the next example that fits "
-    "reads r[2][-1] of it -> IndexError (pack_examples([([], []), ([1, 2], [1, 1])], 8, 0))",
-)
 def test_pack_examples_ignores_empty_examples():
     rows, st = pack_examples([([], []), ([1, 2], [1, 1])], 8, 0)
     assert rows.input_ids == [[1, 2] + [0] * 7]

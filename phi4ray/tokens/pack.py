@@ -78,6 +78,8 @@ def pack_examples(
     rows, st = Rows(), PackStats()
     open_rows: list[tuple[list[int], list[int], list[int]]] = []
     for ids, mask in examples:
+        if not ids:
+            continue
         st.docs += 1
         if len(ids) > width:
             st.truncated_tokens += len(ids) - width
