@@ -29,7 +29,9 @@ def init_ray(cfg: RayConfig) -> None:
     if address:
         ray.init(address=address)
     else:
-        ray.init(num_cpus=cfg.num_cpus, include_dashboard=False)
+        ctx = ray.init(num_cpus=cfg.num_cpus)
+        if ctx.dashboard_url:
+            log.warning("Ray dashboard: http://%s", ctx.dashboard_url)
 
 
 def _curate(recipe: Recipe, run_dir: RunDir, force: bool) -> dict:

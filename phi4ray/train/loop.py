@@ -273,7 +273,7 @@ def run_loop(spec: LoopSpec, ctx: Context) -> dict:
             tokens_seen += int(out["tokens"]) * ctx.world_size
             for k, v in out.items():
                 if k != "tokens":
-                    window[k] = window.get(k, 0.0) + float(v) / accum
+                    window[k] = window.get(k, 0.0) + float(v.detach() if torch.is_tensor(v) else v) / accum
             if not boundary:
                 continue
             step += 1
