@@ -93,7 +93,7 @@ def test_dpo_on_ray_train_prefers_chosen_tokens_over_the_reference(ray_local, tm
     ref = build_model("micro", seed=5)
     save_checkpoint(ref, run_dir.path("checkpoints/sft/hf"))
     table = _pairs_table(32)
-    run_dir.commit_table("pts/pairs", "part-00000", table, meta={"read": 32, "kept": 32, "rejected": 0})
+    run_dir.commit_table("pts/pairs", "part-00000", table)
     recipe = Recipe(
         model={"preset": "micro"},
         dpo=DPOConfig(init_from="sft", num_workers=2, cpus_per_worker=0.5, micro_batch_size=4,

@@ -40,7 +40,7 @@ def run_train(stage: str, recipe: Recipe, run_dir: RunDir, force: bool = False) 
         log.warning("%s: already complete in %s; skipping", stage, run_dir.uri)
         return run_dir.stage_entry(stage)
 
-    rows = sum(run_dir.shard_meta(table, sh).get("kept", 0) for sh in run_dir.shards(table)) if run_dir.exists(table) else 0
+    rows = run_dir.num_rows(table)
     if rows == 0:
         # Nothing to learn from is a result, not a crash: PTS may find no pivotal tokens.
         reason = f"{run_dir.uri_of(table)} has no rows"
