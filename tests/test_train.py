@@ -56,18 +56,19 @@ def test_steps_for_counts_full_global_batches_over_epochs():
     assert steps_for(70, cfg, world_size=2) == 8  # 64 usable rows per epoch -> 4 steps x 2 epochs
     assert steps_for(70, cfg.model_copy(update={"max_steps": 3}), world_size=2) == 3
     with pytest.raises(ValueError, match="no full optimizer step"):
-        steps_for(10, cfg, world_size=2)
+        steps_for(10, cfg.model_copy(update={"epochs": 1}), world_size=2)  # 8 usable rows < 16
 
 
 def test_local_loop_learns_a_fixed_sequence_and_exports_an_hf_checkpoint(tmp_path):
     """One process, no Ray: DeepSpeed ZeRO-2 over gloo with world size 1."""
     row = [100, 200, 300, 400, 500, 600, 700, 800, 900]
     rows = {"input_ids": [row] * 32, "loss_mask": [[1] * len(row)] * 32}
-    cfg = TrainConfig(num_workers=1, micro_batch_size=4, global_batch_size=8, lr=1e-2, warmup_steps=0, epochs=2)
-    spec = LoopSpec(stage="pretrain", objective="lm", train=cfg.model_dump(mode="json"), total_steps=8,
+    cfg = TrainConfig(num_workers=1, micro_batch_size=4, global_batch_size=8, lr=3e-2, warmup_steps=0, epochs=6)
+    spec = LoopSpec(stage="pretrain", objective="lm", train=cfg.model_dump(mode="json"), total_steps=24,
                     run_dir=str(tmp_path / "run"), export_rel="checkpoints/pretrain/hf", preset="micro", log_every=1)
     last, history = train_local(spec, rows, str(tmp_path / "ckpt"))
-    assert [h["step"] for h in history] == list(range(1, 9))
+    assert [h["step"] for h in history] == list(range(1, 25))
+    assert [h["epoch"] for h in history][::4] == [0, 1, 2, 3, 4, 5]  # 4 steps of 8 rows per epoch
     assert history[0]["loss"] > 9.0 and last["loss"] < 1.0, [h["loss"] for h in history]
     model = load_model(str(tmp_path / "run" / "checkpoints/pretrain/hf"))
     with torch.no_grad():

@@ -93,7 +93,7 @@ def run_tokenize(cfg: TokenizeConfig, run_dir: RunDir, force: bool = False) -> d
         docs, rejects = tokenize_docs(rows)
         per_source: dict[str, int] = {}
         for d in docs:
-            per_source[d["source"]] = per_source.get(d["source"], 0) + len(d["ids"])
+            per_source[d["source"]] = per_source.get(d["source"], 0) + len(d["ids"]) + 1  # + <|endoftext|>
         return ShardResult(
             pa.Table.from_pylist(docs, schema=DOC_SCHEMA), rejects, read=len(rows),
             extra={f"tokens.{s}": n for s, n in per_source.items()},
