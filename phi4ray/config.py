@@ -170,7 +170,6 @@ class TrainConfig(Strict):
 
 class DPOConfig(TrainConfig):
     beta: float = Field(0.1, gt=0)
-    precompute_ref: bool = True
     pairs: Literal["pts", "full"] = "pts"
 
 

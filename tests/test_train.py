@@ -1,6 +1,7 @@
 """Training: objectives against full forward passes, the loop without Ray, and DPO on Ray Train."""
 
 import math
+import os
 
 import pyarrow as pa
 import pytest
@@ -98,7 +99,7 @@ def test_dpo_on_ray_train_prefers_chosen_tokens_over_the_reference(ray_local, tm
     recipe = Recipe(
         model={"preset": "micro"},
         dpo=DPOConfig(init_from="sft", num_workers=2, cpus_per_worker=0.5, micro_batch_size=4,
-                      global_batch_size=8, lr=5e-3, warmup_steps=0, epochs=2, beta=0.1, precompute_ref=False),
+                      global_batch_size=8, lr=5e-3, warmup_steps=0, epochs=2, beta=0.1),
     )
     entry = run_train("dpo", recipe, run_dir)
     assert entry["status"] == "complete"
@@ -118,3 +119,9 @@ def test_dpo_on_ray_train_prefers_chosen_tokens_over_the_reference(ray_local, tm
     # complete with the same config: a rerun is a no-op
     again = run_train("dpo", recipe, run_dir)
     assert again["finished"] == entry["finished"]
+
+    # --force trains again from the start; it must not resume from the finished run's checkpoint
+    ray_ckpts = set(os.listdir(run_dir.path("checkpoints/dpo/ray")))
+    forced = run_train("dpo", recipe.model_copy(update={"dpo": recipe.dpo.model_copy(update={"max_steps": 2})}), run_dir, force=True)
+    assert forced["counts"]["steps"] == 2 and forced["metrics"]["tokens"] == 2 * 8 * 2  # 2 steps x 8 pairs x 2 rows
+    assert not ray_ckpts & set(os.listdir(run_dir.path("checkpoints/dpo/ray")))

@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 import torch
 
-from phi4ray.config import TrainConfig
+from phi4ray.config import DPOConfig, TrainConfig
 from phi4ray.train import objectives
 from phi4ray.train.schedule import lr_at
 from phi4ray.train.zero import ds_config
@@ -51,13 +51,7 @@ class LoopSpec:
 
     @property
     def cfg(self) -> TrainConfig:
-        return TrainConfig.model_validate(self.train) if self.objective == "lm" else _dpo_cfg(self.train)
-
-
-def _dpo_cfg(d: dict) -> TrainConfig:
-    from phi4ray.config import DPOConfig
-
-    return DPOConfig.model_validate(d)
+        return (DPOConfig if self.objective == "dpo" else TrainConfig).model_validate(self.train)
 
 
 # -- batches ----------------------------------------------------------------------------------
@@ -219,7 +213,8 @@ def run_loop(spec: LoopSpec, ctx: Context) -> dict:
 
     policy = _load_policy(spec, cfg)
     if spec.objective == "dpo":
-        reference = None if getattr(cfg, "precompute_ref", False) else _load_policy(spec, cfg).to(device)
+        # The frozen reference scores pairs whose table carries no ref_chosen_logp/ref_rejected_logp.
+        reference = _load_policy(spec, cfg).to(device)
         module = objectives.DPO(policy, reference, spec.beta)
     else:
         module = objectives.CausalLM(policy)

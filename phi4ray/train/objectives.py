@@ -74,8 +74,9 @@ def dpo_loss(
 class DPO(nn.Module):
     """Policy with a frozen reference. Chosen and rejected rows run through the policy as one batch.
 
-    Reference log-probs come precomputed in the batch (`ref_chosen`, `ref_rejected`) or, when
-    absent, from the frozen reference model, which is kept out of the optimizer.
+    Reference log-probs come from the batch when the pairs table carries them (columns
+    `ref_chosen_logp`, `ref_rejected_logp`), else from the frozen reference model, which is kept
+    out of the optimizer.
     """
 
     def __init__(self, policy, reference, beta: float):

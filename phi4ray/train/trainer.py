@@ -69,7 +69,7 @@ def run_train(stage: str, recipe: Recipe, run_dir: RunDir, force: bool = False) 
         beta=getattr(cfg, "beta", 0.1),
         log_every=max(1, min(10, total_steps // 10 or 1)),
     )
-    storage = run_dir.uri_of("checkpoints", "ray")
+    storage = run_dir.uri_of("checkpoints", stage)  # Ray Train's own folder sits beside the HF export
     if run_dir.is_local:
         os.makedirs(storage, exist_ok=True)
     trainer = TorchTrainer(
@@ -81,7 +81,7 @@ def run_train(stage: str, recipe: Recipe, run_dir: RunDir, force: bool = False) 
             resources_per_worker={"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})},
         ),
         run_config=ray.train.RunConfig(
-            name=stage,
+            name="ray",
             storage_path=storage,
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
