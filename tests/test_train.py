@@ -121,7 +121,12 @@ def test_dpo_on_ray_train_prefers_chosen_tokens_over_the_reference(ray_local, tm
     assert again["finished"] == entry["finished"]
 
     # --force trains again from the start; it must not resume from the finished run's checkpoint
-    ray_ckpts = set(os.listdir(run_dir.path("checkpoints/dpo/ray")))
+    def ray_ckpts():
+        root = run_dir.path("checkpoints/dpo/ray")
+        return {d for d in os.listdir(root) if d.startswith("checkpoint_") and os.path.isdir(os.path.join(root, d))}
+
+    before = ray_ckpts()
+    assert before
     forced = run_train("dpo", recipe.model_copy(update={"dpo": recipe.dpo.model_copy(update={"max_steps": 2})}), run_dir, force=True)
     assert forced["counts"]["steps"] == 2 and forced["metrics"]["tokens"] == 2 * 8 * 2  # 2 steps x 8 pairs x 2 rows
-    assert not ray_ckpts & set(os.listdir(run_dir.path("checkpoints/dpo/ray")))
+    assert ray_ckpts() and not before & ray_ckpts()
