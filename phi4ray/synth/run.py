@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from phi4ray.config import SynthConfig
 from phi4ray.run import RunDir, config_hash
-from phi4ray.stage import ShardResult, apply_steps, commit_shard, run_shards
+from phi4ray.stage import ShardResult, StageCounts, apply_steps, commit_shard, run_shards
 from phi4ray.synth import arithmetic
 from phi4ray.synth.rewrite import load_template, make_prompt, to_synthetic
 
@@ -86,7 +86,7 @@ def _rewrite(cfg: SynthConfig, run_dir: RunDir) -> dict:
     per_shard = max(1, rc.engine.batch_size * rc.engine.num_actors * 4)
     groups = {f"rewrite-{i // per_shard:05d}": seeds[i : i + per_shard] for i in range(0, len(seeds), per_shard)}
     pending = {s: rows for s, rows in groups.items() if not run_dir.has_shard("synthetic", s)}
-    read = kept = rejected = 0
+    counts = StageCounts()
     if pending:
         items = [{**make_prompt(r, template, rc.seed_chars), "_shard": s} for s, rows in pending.items() for r in rows]
         s = rc.sampling
@@ -105,16 +105,15 @@ def _rewrite(cfg: SynthConfig, run_dir: RunDir) -> dict:
             buffered[shard].append(dict(row))
             if len(buffered[shard]) == len(pending[shard]):
                 good, rejects = apply_steps(buffered.pop(shard), [("rewrite", lambda r: to_synthetic(r, rc, model))], STAGE)
-                meta = commit_shard(
+                counts.add(commit_shard(
                     run_dir, STAGE, "synthetic", shard,
                     ShardResult(pa.Table.from_pylist(good, schema=SYNTH_SCHEMA), rejects, read=len(pending[shard])),
-                )
-                read, kept, rejected = read + meta["read"], kept + meta["kept"], rejected + meta["rejected"]
+                ))
     for s in groups:
         if s not in pending:
-            m = run_dir.shard_meta("synthetic", s)
-            read, kept, rejected = read + m["read"], kept + m["kept"], rejected + m["rejected"]
-    return {"rewrite_seeds": read, "rewrite_kept": kept, "rewrite_rejected": rejected, "rewrite_model": model}
+            counts.add(run_dir.shard_meta("synthetic", s))
+    return {"rewrite_seeds": counts.read, "rewrite_kept": counts.kept, "rewrite_rejected": counts.rejected,
+            "rewrite_model": model}
 
 
 def run_synth(cfg: SynthConfig, run_dir: RunDir, force: bool = False) -> dict:
