@@ -104,8 +104,7 @@ def _dispatch(args, recipe, run_dir) -> int:
     if cmd in ("curate", "synth", "tokenize"):
         if cmd == "curate" and args.input:
             recipe.curate.inputs = list(args.input)
-        fn = {"curate": "curate", "synth": "synth", "tokenize": "tokenize"}[cmd]
-        result = pipeline.STAGE_FNS[fn](recipe, run_dir, args.force)
+        result = pipeline.STAGE_FNS[cmd](recipe, run_dir, args.force)
     elif cmd == "train":
         result = pipeline.STAGE_FNS[args.stage](recipe, run_dir, args.force)
     elif cmd == "eval":

@@ -69,16 +69,17 @@ def pts_questions(run_dir: RunDir, limit: int | None) -> list[dict]:
 
 def _pts(recipe: Recipe, run_dir: RunDir, force: bool) -> dict:
     """Serve the SFT checkpoint with Ray Serve, run PTS against it, and stop serving."""
-    from phi4ray.pts.search import run_pts
+    from phi4ray.pts.search import pts_config_hash, run_pts
     from phi4ray.serve import app as serve_app
 
+    questions = pts_questions(run_dir, recipe.pts.max_questions)
     entry = run_dir.stage_entry("pts")
-    if entry and entry.get("status") == "complete" and not force:
-        return entry
+    done = entry and entry.get("status") == "complete"
+    if done and not force and entry.get("config_hash") == pts_config_hash(recipe.pts, recipe.serve.model_name, questions):
+        return entry  # no need to start Serve; a changed config still reaches run_pts, which refuses it
     ckpt = f"checkpoints/{recipe.serve.checkpoint}/hf"
     url = serve_app.start(recipe.serve, run_dir.local_dir(ckpt))
     try:
-        questions = pts_questions(run_dir, recipe.pts.max_questions)
         return run_pts(recipe.pts, run_dir, url, recipe.serve.model_name, questions, force=force)
     finally:
         serve_app.stop()

@@ -54,7 +54,7 @@ def run_eval(cfg: EvalConfig, run_dir: RunDir, stage: str, engine: EngineConfig,
     if not questions:
         raise ValueError(f"{run_dir.uri_of('questions')} has no heldout questions to evaluate on")
     t0 = time.time()
-    sampler = make_sampler(engine.model_copy(update={"model": None}), run_dir.local_dir(ckpt))
+    sampler = make_sampler(engine, run_dir.local_dir(ckpt))
     acc, records = accuracy(sampler, questions, get_oracle(oracle_name), cfg.max_tokens)
     report = {
         "stage": stage,

@@ -57,6 +57,7 @@ __all__ = [
     "QuestionSearch",
     "search_question",
     "run_pts",
+    "pts_config_hash",
     "p_distribution",
 ]
 
@@ -318,6 +319,17 @@ def _validate_question(q: Any) -> str | None:
     return None
 
 
+def pts_config_hash(cfg: PTSConfig, model: str, questions: list[dict]) -> str:
+    """The stage's config hash: its settings, the model name and the exact questions searched."""
+    if cfg.max_questions is not None:
+        questions = questions[: cfg.max_questions]
+    digest = hashlib.sha256(
+        json.dumps([[str(q.get("id")), q.get("prompt"), str(q.get("answer"))] if isinstance(q, dict) else repr(q)
+                    for q in questions]).encode()
+    ).hexdigest()[:16]
+    return config_hash({"pts": cfg.model_dump(mode="json"), "model": model, "questions": digest})
+
+
 def run_pts(
     cfg: PTSConfig, run_dir: RunDir, endpoint: str, model: str, questions: list[dict], force: bool = False
 ) -> dict[str, Any]:
@@ -334,11 +346,7 @@ def run_pts(
     get_oracle(cfg.oracle)  # fail now, not in every task
     if cfg.max_questions is not None:
         questions = questions[: cfg.max_questions]
-    digest = hashlib.sha256(
-        json.dumps([[str(q.get("id")), q.get("prompt"), str(q.get("answer"))] if isinstance(q, dict) else repr(q)
-                    for q in questions]).encode()
-    ).hexdigest()[:16]
-    h = config_hash({"pts": cfg.model_dump(mode="json"), "model": model, "questions": digest})
+    h = pts_config_hash(cfg, model, questions)
     if not run_dir.begin_stage("pts", h, outputs=["pts", "rejects/pts"], force=force):
         log.info("pts: already complete in %s", run_dir.uri)
         return dict(run_dir.stage_entry("pts").get("counts", {}))

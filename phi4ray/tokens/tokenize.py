@@ -70,6 +70,11 @@ def _table_rows(run_dir: RunDir, rel: str, shard: str, columns: list[str]) -> li
     return t.select([c for c in columns if c in t.column_names]).to_pylist()
 
 
+def _prefixed(counts: dict, prefix: str) -> dict:
+    """The shard counts named `prefix<key>`, keyed by `<key>`."""
+    return {k[len(prefix):]: v for k, v in counts.items() if k.startswith(prefix)}
+
+
 def run_tokenize(cfg: TokenizeConfig, run_dir: RunDir, force: bool = False) -> dict:
     from phi4ray.tokenizer import EOT_ID
 
@@ -100,7 +105,7 @@ def run_tokenize(cfg: TokenizeConfig, run_dir: RunDir, force: bool = False) -> d
         )
 
     doc_counts = run_shards(run_dir, STAGE, "tokens/docs", units, docs_unit)
-    unique = {k[len("tokens."):]: v for k, v in doc_counts.extra.items() if k.startswith("tokens.")}
+    unique = _prefixed(doc_counts.extra, "tokens.")
 
     # 2. the mixture plan
     plans = mixture.plan(unique, cfg.mixture, cfg.total_tokens)
@@ -149,7 +154,7 @@ def run_tokenize(cfg: TokenizeConfig, run_dir: RunDir, force: bool = False) -> d
 
     sft = run_shards(run_dir, STAGE, "tokens/sft", sft_units, sft_unit) if sft_units else None
 
-    mixed = {k[len("mix."):]: v for k, v in pre.extra.items() if k.startswith("mix.")}
+    mixed = _prefixed(pre.extra, "mix.")
     total = sum(mixed.values()) or 1
     report = {
         s: {
@@ -161,8 +166,8 @@ def run_tokenize(cfg: TokenizeConfig, run_dir: RunDir, force: bool = False) -> d
         }
         for s, p in plans.items()
     }
-    pack_pre = {k[len("pack."):]: v for k, v in pre.extra.items() if k.startswith("pack.")}
-    pack_sft = {k[len("pack."):]: v for k, v in (sft.extra if sft else {}).items() if k.startswith("pack.")}
+    pack_pre = _prefixed(pre.extra, "pack.")
+    pack_sft = _prefixed(sft.extra if sft else {}, "pack.")
     counts = {
         "docs_read": doc_counts.read,
         "docs_rejected": doc_counts.rejected,

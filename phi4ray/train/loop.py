@@ -7,6 +7,7 @@ It runs under Ray Train (`ray_worker_loop`, one call per worker) or without Ray 
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -14,7 +15,7 @@ import os
 import socket
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
@@ -202,8 +203,7 @@ def _peak_flops(device: torch.device) -> float | None:
 def run_loop(spec: LoopSpec, ctx: Context) -> dict:
     import deepspeed
 
-    from phi4ray.model import flops_per_token, save_checkpoint
-    from phi4ray.run import RunDir
+    from phi4ray.model import flops_per_token
     from phi4ray.tokenizer import EOT_ID
 
     cfg = spec.cfg
@@ -214,7 +214,7 @@ def run_loop(spec: LoopSpec, ctx: Context) -> dict:
     policy = _load_policy(spec, cfg)
     if spec.objective == "dpo":
         # The frozen reference scores pairs whose table carries no ref_chosen_logp/ref_rejected_logp.
-        reference = _load_policy(spec, cfg).to(device)
+        reference = copy.deepcopy(policy).to(device)
         module = objectives.DPO(policy, reference, spec.beta)
     else:
         module = objectives.CausalLM(policy)
@@ -300,15 +300,18 @@ def run_loop(spec: LoopSpec, ctx: Context) -> dict:
         if step < spec.total_steps:
             epoch, consumed = epoch + 1, 0
 
-    _export(engine, policy, cfg, spec, ctx.rank, RunDir(spec.run_dir), save_checkpoint)
+    _export(policy, cfg, spec, ctx.rank)
     return last
 
 
-def _export(engine, policy, cfg: TrainConfig, spec: LoopSpec, rank: int, run_dir, save_checkpoint) -> None:
+def _export(policy, cfg: TrainConfig, spec: LoopSpec, rank: int) -> None:
     """Consolidated HF folder (weights + tokenizer) that transformers and vLLM load directly."""
     import contextlib
 
     import deepspeed
+
+    from phi4ray.model import save_checkpoint
+    from phi4ray.run import RunDir
 
     gather = (
         deepspeed.zero.GatheredParameters(list(policy.parameters()), modifier_rank=None)
@@ -320,7 +323,7 @@ def _export(engine, policy, cfg: TrainConfig, spec: LoopSpec, rank: int, run_dir
             with tempfile.TemporaryDirectory() as d:
                 out = os.path.join(d, "hf")
                 save_checkpoint(policy, out, extra={"stage": spec.stage})
-                run_dir.upload_dir(out, spec.export_rel)
+                RunDir(spec.run_dir).upload_dir(out, spec.export_rel)
     import torch.distributed as dist
 
     if dist.is_initialized():
@@ -347,10 +350,6 @@ def train_local(spec: LoopSpec, rows: dict[str, list], ckpt_root: str, on_report
     ctx = LocalContext(rows, ckpt_root, on_report)
     last = run_loop(spec, ctx)
     return last, ctx.history
-
-
-def spec_dict(spec: LoopSpec) -> dict:
-    return asdict(spec)
 
 
 def steps_for(rows: int, cfg: TrainConfig, world_size: int) -> int:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import asdict
 
 from phi4ray.config import DPOConfig, Recipe, TrainConfig
 from phi4ray.run import RunDir, config_hash
-from phi4ray.train.loop import LoopSpec, ray_worker_loop, spec_dict, steps_for
+from phi4ray.train.loop import LoopSpec, ray_worker_loop, steps_for
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ def run_train(stage: str, recipe: Recipe, run_dir: RunDir, force: bool = False) 
         os.makedirs(storage, exist_ok=True)
     trainer = TorchTrainer(
         ray_worker_loop,
-        train_loop_config=spec_dict(spec),
+        train_loop_config=asdict(spec),
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.num_workers,
             use_gpu=cfg.use_gpu,
