@@ -161,7 +161,10 @@ class RunDir:
 
     def num_rows(self, rel_dir: str) -> int:
         """Rows in the committed shards of `rel_dir`, from the Parquet footers (0 if none)."""
-        return sum(pq.read_metadata(p, filesystem=self.fs).num_rows for p in self.shard_paths(rel_dir))
+        return sum(self.shard_rows(rel_dir, s) for s in self.shards(rel_dir))
+
+    def shard_rows(self, rel_dir: str, shard: str) -> int:
+        return pq.read_metadata(self.shard_path(rel_dir, shard), filesystem=self.fs).num_rows
 
     def shard_paths(self, rel_dir: str) -> list[str]:
         return [self.shard_path(rel_dir, s) for s in self.shards(rel_dir)]

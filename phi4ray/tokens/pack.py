@@ -11,7 +11,9 @@ keep attention inside documents.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Iterable, Sequence
+
+import numpy as np
 
 
 @dataclass
@@ -44,30 +46,33 @@ class Rows:
 
 def pack_stream(docs: Iterable[list[int]], seq_len: int, eot: int) -> tuple[Rows, PackStats]:
     """Concatenate docs (+eot) and cut into rows of seq_len+1. The incomplete tail is dropped and counted."""
-    width = seq_len + 1
-    rows, st = Rows(), PackStats()
-    buf: list[int] = []
-    seg: list[int] = []
-    segno = 0
-    for doc in docs:
-        st.docs += 1
-        toks = list(doc) + [eot]
-        st.tokens += len(toks)
-        pos = 0
-        while pos < len(toks):
-            if not buf:
-                segno = 0
-            segno += 1
-            take = toks[pos : pos + width - len(buf)]
-            buf.extend(take)
-            seg.extend([segno] * len(take))
-            pos += len(take)
-            if len(buf) == width:
-                rows.append(buf, [1] * width, seg)
-                buf, seg = [], []
-    st.dropped_tail_tokens = len(buf)
-    st.rows = len(rows.input_ids)
+    cols, st = pack_stream_arrays([np.asarray(d, dtype=np.int64) for d in docs], seq_len, eot)
+    rows = Rows(cols["input_ids"].tolist(), cols["loss_mask"].tolist(), cols["segment_ids"].tolist())
     return rows, st
+
+
+def pack_stream_arrays(docs: Sequence[np.ndarray], seq_len: int, eot: int) -> tuple[dict[str, np.ndarray], PackStats]:
+    """`pack_stream` on numpy arrays: returns (rows x (seq_len+1)) int32 arrays `input_ids`,
+    `loss_mask` and `segment_ids` (1, 2, ... per document piece in each row)."""
+    width = seq_len + 1
+    st = PackStats(docs=len(docs))
+    lengths = np.fromiter((len(d) + 1 for d in docs), dtype=np.int64, count=len(docs))
+    st.tokens = int(lengths.sum())
+    n_rows = st.tokens // width
+    st.rows, st.dropped_tail_tokens = n_rows, st.tokens - n_rows * width
+    if not n_rows:
+        empty = np.zeros((0, width), dtype=np.int32)
+        return {"input_ids": empty, "loss_mask": empty.astype(np.int8), "segment_ids": empty}, st
+    flat = np.empty(st.tokens, dtype=np.int32)
+    ends = np.cumsum(lengths)
+    for d, e, n in zip(docs, ends, lengths):
+        flat[e - n : e - 1] = d
+        flat[e - 1] = eot
+    doc_no = np.repeat(np.arange(len(docs), dtype=np.int64), lengths)
+    ids = flat[: n_rows * width].reshape(n_rows, width)
+    seg = doc_no[: n_rows * width].reshape(n_rows, width)
+    seg = (seg - seg[:, :1] + 1).astype(np.int32)
+    return {"input_ids": ids, "loss_mask": np.ones_like(ids, dtype=np.int8), "segment_ids": seg}, st
 
 
 def pack_examples(
