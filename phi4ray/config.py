@@ -46,6 +46,107 @@ class LangIdConfig(Strict):
     """Named language groups for the mixture, e.g. {'multilingual': ['de', 'es', 'fr']}."""
 
 
+class QualityConfig(Strict):
+    """Quality classifiers and two-stage seed selection (Phi-4 §2.1; phi4ray/data/quality.py).
+
+    An LLM grades a sample of pages and passages on the rubric in `data/prompts/`; fastText
+    classifiers (one per language group, plus `all`) learn the thresholded grades; pages below
+    `page_threshold` are rejected as `low_quality`, and passages of kept pages at or above
+    `passage_threshold` become synthesis seeds."""
+
+    enabled: bool = False
+    engine: EngineConfig = Field(default_factory=lambda: EngineConfig())
+    """The annotator LLM. `engine.model` None: a fresh `engine.preset`, whose grades rarely parse."""
+    sampling: SamplingConfig = Field(default_factory=lambda: SamplingConfig(temperature=0.0, max_tokens=24))
+    """Greedy by default: a grade should not depend on a sampling draw."""
+    prompt: str = "quality_annotate"
+    """Template in data/prompts/ (`{rubric}`, `{document}`)."""
+    rubric: str = "quality_rubric"
+    annotate_chars: int = Field(3000, ge=1)
+    """Characters of a document that the annotator sees."""
+    max_annotate_docs: int | None = Field(1000, ge=1)
+    """Pages graded (a hash-ranked sample, stable across runs); None: every page."""
+    max_annotate_passages: int | None = Field(1000, ge=0)
+    """Passages of those pages graded for the passage classifier; None: all of them."""
+    page_label_min: int = Field(3, ge=0, le=5)
+    """Educational value at or above which a page (or passage) is labeled high quality."""
+    passage_label_min: int = Field(3, ge=0, le=5)
+    """Reasoning density at or above which a passage (also needing `page_label_min`) is high quality."""
+    train_source: Literal["auto", "annotations", "labeled_set"] = "auto"
+    """auto: annotations when each class has `min_labels_per_class` labels, else the shipped labeled set."""
+    min_labels_per_class: int = Field(20, ge=1)
+    min_group_examples: int = Field(200, ge=2)
+    """Labeled examples a language group needs for a model of its own (else `all` scores it)."""
+    heldout_fraction: float = Field(0.2, gt=0, lt=1)
+    """Documents held out (by hash of document id) to measure precision and recall."""
+    page_threshold: float = Field(0.5, ge=0, le=1)
+    passage_threshold: float = Field(0.5, ge=0, le=1)
+    passage_min_chars: int = Field(300, ge=1)
+    passage_max_chars: int = Field(1500, ge=1)
+    page_model: str | None = None
+    """A page model (.bin file, or a folder of <group>.bin with all.bin); None: train one in the run."""
+    passage_model: str | None = None
+    epoch: int = Field(25, ge=1)
+    lr: float = Field(0.5, gt=0)
+    word_ngrams: int = Field(2, ge=1)
+    """fastText's wordNgrams."""
+    dim: int = Field(32, ge=1)
+    min_count: int = Field(1, ge=1)
+    bucket: int = Field(200_000, ge=0)
+    """Hash buckets for word n-grams; model size is about (words + bucket) * dim * 4 bytes."""
+    max_tokens: int = Field(1024, ge=1)
+    """Tokens of a text that the classifier sees."""
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _passage_sizes(self) -> "QualityConfig":
+        if self.passage_max_chars < self.passage_min_chars:
+            raise ValueError("passage_max_chars must be >= passage_min_chars")
+        return self
+
+
+class MinHashConfig(Strict):
+    """Near-duplicate removal with datasketch MinHash LSH (phi4ray/data/minhash.py)."""
+
+    enabled: bool = True
+    threshold: float = Field(0.8, gt=0, lt=1)
+    """Jaccard similarity of word n-gram sets at or above which two documents are near duplicates."""
+    num_perm: int = Field(128, ge=2, le=4096)
+    """MinHash permutations. 128 (datasketch's default) rather than datatrove's 112 (14 x 8):
+    with bands/rows chosen for the threshold, 128 gives (b, r) = (9, 13) at 0.8."""
+    bands: int | None = Field(None, ge=1)
+    rows: int | None = Field(None, ge=1)
+    """LSH bands (b) and rows per band (r). Both None: what datasketch's MinHashLSH chooses for
+    `threshold` and `num_perm` (`_optimal_param` with `weights`). Set both or neither."""
+    weights: tuple[float, float] = (0.5, 0.5)
+    """(false positive, false negative) weights for choosing b and r, as in MinHashLSH."""
+    ngram: int = Field(5, ge=1)
+    """Shingles are word n-grams of the normalised text."""
+    seed: int = Field(1, ge=0, le=2**32 - 1)
+    verify: bool = True
+    """Keep a candidate pair only if its Jaccard estimated from the signatures is >= threshold.
+    Costs shuffle volume: the signature travels with each of a document's b band rows."""
+    pairwise_max_bucket: int = Field(8, ge=2)
+    """With `verify`, a bucket of at most this many documents proposes all its pairs; a larger
+    one, a star around its smallest id (without `verify`, every bucket is a star)."""
+    shuffle_min_rows: int = Field(100_000, ge=0)
+    """Connected components over at least this many candidate edges run distributed
+    (large-star/small-star groupbys); below it, a union-find over the edges on the driver
+    (same result, no shuffle overhead). The corpus never comes to the driver either way."""
+    rows_per_partition: int = Field(250_000, ge=1)
+    """Rows per group in the shuffles (band rows, edges); at least one group per cluster CPU."""
+
+    @model_validator(mode="after")
+    def _params(self) -> "MinHashConfig":
+        if (self.bands is None) != (self.rows is None):
+            raise ValueError("set both bands and rows, or neither (then they are chosen for the threshold)")
+        if self.bands is not None and self.bands * self.rows > self.num_perm:
+            raise ValueError(f"bands * rows ({self.bands * self.rows}) must be <= num_perm ({self.num_perm})")
+        if min(self.weights) < 0 or abs(sum(self.weights) - 1.0) > 1e-9:
+            raise ValueError("weights must be two non-negative numbers that sum to 1")
+        return self
+
+
 class CurateConfig(Strict):
     inputs: list[str] = Field(default_factory=list)
     """Files, folders or globs. Empty: the sample pages shipped in phi4ray/data/samples."""
@@ -136,6 +237,27 @@ class TokenizeConfig(Strict):
     """Tokens in the pretraining mixture. None: the largest mixture in which no source repeats."""
     rows_per_shard: int = Field(4096, ge=1)
     seed: int = 0
+    midtrain: "MidtrainMixConfig | None" = None
+    """The long-context midtraining mixture (`tokens/midtrain`); None: not built."""
+    dpo_pairs: list[str] = Field(default_factory=list)
+    """TRL-layout pair files (JSONL or Parquet with prompt/chosen/rejected) for `tokens/dpo`."""
+
+
+class MidtrainMixConfig(Strict):
+    """Phi-4 midtraining: 30% long-context documents (above 8K tokens, 16K and more up-weighted)
+    and 70% recall tokens from the pretraining mixture, packed at 16K."""
+
+    seq_len: int = Field(16384, ge=8)
+    long_fraction: float = Field(0.3, ge=0, le=1)
+    long_min_tokens: int = Field(8192, ge=1)
+    upweight_min_tokens: int = Field(16384, ge=1)
+    upweight: float = Field(2.0, ge=1)
+    """How much likelier a token of a document of `upweight_min_tokens` or more is to be drawn."""
+    total_tokens: int | None = None
+    """Tokens in the midtraining mixture. None: as many as the pretraining mixture's."""
+
+
+TokenizeConfig.model_rebuild()
 
 
 # -- training ---------------------------------------------------------------------------------
