@@ -12,7 +12,7 @@ from phi4ray.config import DPOConfig, Recipe, TrainConfig
 from phi4ray.model import build_model, load_model, save_checkpoint
 from phi4ray.run import RunDir
 from phi4ray.train import objectives
-from phi4ray.train.loop import LoopSpec, dpo_batch, steps_for, train_local
+from phi4ray.train.loop import LocalContext, LoopSpec, dpo_batch, steps_for, train_local
 from phi4ray.train.trainer import run_train
 
 
@@ -76,6 +76,46 @@ def test_local_loop_learns_a_fixed_sequence_and_exports_an_hf_checkpoint(tmp_pat
         pred = model(input_ids=torch.tensor([row[:-1]])).logits.argmax(-1)[0].tolist()
     assert pred == row[1:]  # the export holds the trained weights
     assert (tmp_path / "ckpt").is_dir() and any(p.name.startswith("step_") for p in (tmp_path / "ckpt").iterdir())
+
+
+class _Recording(LocalContext):
+    """A LocalContext that records which rows each micro-batch holds."""
+
+    def __init__(self, *a, **k):
+        super().__init__(*a, **k)
+        self.seen: list[int] = []
+
+    def batches(self, micro_batch_size, intervals):
+        for b in super().batches(micro_batch_size, intervals):
+            self.seen += b["rid"]
+            yield b
+
+
+class _Crash(Exception):
+    pass
+
+
+def test_a_resumed_loop_continues_from_its_data_position(tmp_path):
+    """Crash right after the step-5 checkpoint, resume from it: across both runs every row of
+    each epoch is trained on exactly once, in the order of an uninterrupted run."""
+    n = 30  # micro 2, global 4: 15 micro-batches per epoch, so step 8 spans two epochs
+    rows = {"input_ids": [[7, 8, 9]] * n, "loss_mask": [[1, 1, 1]] * n, "rid": list(range(n))}
+    cfg = TrainConfig(num_workers=1, micro_batch_size=2, global_batch_size=4, epochs=2, checkpoint_every=5)
+    spec = LoopSpec(stage="pretrain", objective="lm", train=cfg.model_dump(mode="json"), total_steps=14,
+                    run_dir=str(tmp_path / "run"), export_rel="checkpoints/pretrain/hf", preset="micro", log_every=1)
+
+    def crash_after_5(metrics):
+        if metrics["step"] == 5:
+            raise _Crash
+
+    first = _Recording(rows, str(tmp_path / "ckpt"), on_report=crash_after_5)
+    with pytest.raises(_Crash):
+        _, _ = train_local(spec, rows, str(tmp_path / "ckpt"), on_report=crash_after_5, context=first)
+    second = _Recording(rows, str(tmp_path / "ckpt"))
+    train_local(spec, rows, str(tmp_path / "ckpt"), context=second)
+    assert first.seen == list(range(20))  # 5 steps x 4 rows, then the crash
+    assert second.seen == list(range(20, 30)) + list(range(26))  # the rest of epoch 0, then epoch 1
+    assert [h["step"] for h in second.history] == list(range(6, 15))
 
 
 def _pairs_table(n: int) -> pa.Table:

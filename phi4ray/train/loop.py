@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from phi4ray.config import DPOConfig, TrainConfig
+from phi4ray.tokens.stream import DataPosition, rank_intervals, take
 from phi4ray.train import objectives
 from phi4ray.train.schedule import lr_at
 from phi4ray.train.zero import ds_config
@@ -49,6 +50,8 @@ class LoopSpec:
     init_path: str | None = None
     beta: float = 0.1
     log_every: int = 10
+    table: str = ""
+    """The run-dir table of rows this stage trains on (`tokens/pretrain`, `pts/pairs`, ...)."""
 
     @property
     def cfg(self) -> TrainConfig:
@@ -95,8 +98,10 @@ def dpo_batch(b: dict[str, np.ndarray], device, pad_id: int) -> dict:
 class Context:
     world_size: int = 1
     rank: int = 0
+    total_rows: int = 0
 
-    def batches(self, micro_batch_size: int) -> Iterable[dict]:
+    def batches(self, micro_batch_size: int, intervals: list[tuple[int, int]]) -> Iterable[dict]:
+        """Micro-batches of the rows at these positions of the table's epoch order (tokens.stream)."""
         raise NotImplementedError
 
     def report(self, metrics: dict, ckpt_dir: str | None) -> None:
@@ -108,15 +113,24 @@ class Context:
 
 
 class RayContext(Context):
-    def __init__(self):
+    """Each worker streams its own rows with Ray Data (see tokens/stream.py for why not
+    `get_dataset_shard`: the position must survive restarts and changes of world size)."""
+
+    def __init__(self, run_dir: str, table: str):
         import ray.train
+
+        from phi4ray.tokens.stream import TableRows
 
         ctx = ray.train.get_context()
         self.world_size, self.rank = ctx.get_world_size(), ctx.get_world_rank()
-        self._shard = ray.train.get_dataset_shard("train")
+        self._rows = TableRows.of(run_dir, table)
+        self.total_rows = self._rows.total
 
-    def batches(self, micro_batch_size):
-        return self._shard.iter_batches(batch_size=micro_batch_size, batch_format="numpy", drop_last=True)
+    def batches(self, micro_batch_size, intervals):
+        from phi4ray.tokens.stream import rank_dataset
+
+        ds = rank_dataset(self._rows, intervals)
+        return ds.iter_batches(batch_size=micro_batch_size, batch_format="numpy", drop_last=True)
 
     def report(self, metrics, ckpt_dir):
         import ray.train
@@ -137,11 +151,12 @@ class LocalContext(Context):
     def __init__(self, rows: dict[str, list], ckpt_root: str, on_report: Callable[[dict], None] | None = None):
         self.rows, self.ckpt_root, self.on_report = rows, ckpt_root, on_report
         self.history: list[dict] = []
+        self.total_rows = len(next(iter(rows.values())))
 
-    def batches(self, micro_batch_size):
-        n = len(next(iter(self.rows.values())))
-        for i in range(0, n - micro_batch_size + 1, micro_batch_size):
-            yield {k: v[i : i + micro_batch_size] for k, v in self.rows.items()}
+    def batches(self, micro_batch_size, intervals):
+        from phi4ray.tokens.stream import iter_local
+
+        return iter_local(self.rows, intervals, micro_batch_size)
 
     def report(self, metrics, ckpt_dir):
         self.history.append(metrics)
@@ -226,16 +241,19 @@ def run_loop(spec: LoopSpec, ctx: Context) -> dict:
         model=module, optimizer=optimizer, lr_scheduler=sched, config=ds_config(cfg, ctx.world_size, bf16=use_cuda)
     )
 
-    step, epoch, consumed = 0, 0, 0  # consumed: micro-batches of the current epoch already trained
+    step, pos = 0, DataPosition()
     resume = ctx.latest_checkpoint()
     if resume is not None:
         with resume as d:
             engine.load_checkpoint(d, tag=DS_TAG)
             with open(os.path.join(d, STATE_FILE)) as f:
                 state = json.load(f)
-        step, epoch, consumed = state["step"], state["epoch"], state["consumed_micro_batches"]
+        step, pos = state["step"], DataPosition.from_dict(state["data"])
         if ctx.rank == 0:
-            log.warning("%s: resumed at step %d (epoch %d, micro-batch %d)", spec.stage, step, epoch, consumed)
+            log.warning(
+                "%s: resumed at step %d (epoch %d, %d micro-batches into the epoch's plan for %d workers)",
+                spec.stage, step, pos.epoch, pos.consumed, pos.world,
+            )
 
     fpt = flops_per_token(policy.config, cfg.seq_len or 1024)
     peak = _peak_flops(device)
@@ -249,21 +267,22 @@ def run_loop(spec: LoopSpec, ctx: Context) -> dict:
             engine.save_checkpoint(d, tag=DS_TAG)
             if ctx.rank == 0:
                 with open(os.path.join(d, STATE_FILE), "w") as f:
-                    json.dump({"step": step, "epoch": epoch, "consumed_micro_batches": consumed}, f)
+                    json.dump({"step": step, "epoch": pos.epoch, "data": pos.to_dict()}, f)
             ctx.report(metrics, d)
 
+    micro = cfg.micro_batch_size
     while step < spec.total_steps:
-        skip, seen = consumed, 0
-        for raw in ctx.batches(cfg.micro_batch_size):
+        pos = pos.replan(ctx.total_rows, micro, ctx.world_size)
+        mine = rank_intervals(pos.covered(ctx.total_rows), ctx.world_size, micro, ctx.rank)
+        seen = 0
+        for raw in ctx.batches(micro, take(mine, pos.consumed * micro, None)):
             seen += 1
-            if seen <= skip:
-                continue  # trained on before the restart
             batch = lm_batch(raw, device) if spec.objective == "lm" else dpo_batch(raw, device, EOT_ID)
             out = engine(**batch)
             engine.backward(out["loss"])
             boundary = engine.is_gradient_accumulation_boundary()
             engine.step()
-            consumed += 1
+            pos.consumed += 1
             tok_window += int(out["tokens"])
             tokens_seen += int(out["tokens"]) * ctx.world_size
             for k, v in out.items():
@@ -278,7 +297,7 @@ def run_loop(spec: LoopSpec, ctx: Context) -> dict:
                 tokens_per_s = tok_window * ctx.world_size / dt
                 n = (step - 1) % spec.log_every + 1
                 last = {k: v / n for k, v in window.items()}
-                last.update(step=step, epoch=epoch, lr=sched.get_last_lr()[0], tokens_per_s=tokens_per_s)
+                last.update(step=step, epoch=pos.epoch, lr=sched.get_last_lr()[0], tokens_per_s=tokens_per_s)
                 last.update(tokens=tokens_seen, seconds=time.time() - t_start)
                 last["tflops_per_s"] = tokens_per_s * fpt / 1e12
                 if peak:
@@ -290,15 +309,18 @@ def run_loop(spec: LoopSpec, ctx: Context) -> dict:
                     )
                 window, t_window, tok_window = {}, time.time(), 0
             if step == spec.total_steps or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
-                checkpoint(last if logged else {"step": step, "epoch": epoch})
+                checkpoint(last if logged else {"step": step, "epoch": pos.epoch})
             elif logged:
                 ctx.report(last, None)
             if step >= spec.total_steps:
                 break
         if seen == 0:
-            raise RuntimeError(f"{spec.stage}: worker {ctx.rank} got no batch of {cfg.micro_batch_size} rows")
+            raise RuntimeError(
+                f"{spec.stage}: worker {ctx.rank} of {ctx.world_size} got no micro-batch of {micro} rows "
+                f"from {ctx.total_rows} rows; lower micro_batch_size or num_workers, or add data"
+            )
         if step < spec.total_steps:
-            epoch, consumed = epoch + 1, 0
+            pos = pos.next_epoch()
 
     _export(policy, cfg, spec, ctx.rank)
     return last
@@ -333,11 +355,15 @@ def _export(policy, cfg: TrainConfig, spec: LoopSpec, rank: int) -> None:
 def ray_worker_loop(spec_dict: dict) -> None:
     """Entry point that Ray Train runs on each worker."""
     torch.set_num_threads(max(1, int(spec_dict["train"].get("cpus_per_worker", 1))))
-    run_loop(LoopSpec(**spec_dict), RayContext())
+    spec = LoopSpec(**spec_dict)
+    run_loop(spec, RayContext(spec.run_dir, spec.table))
 
 
-def train_local(spec: LoopSpec, rows: dict[str, list], ckpt_root: str, on_report=None) -> tuple[dict, list[dict]]:
-    """Run the loop in this process, without Ray (one worker). Returns (last metrics, history)."""
+def train_local(
+    spec: LoopSpec, rows: dict[str, list], ckpt_root: str, on_report=None, context: LocalContext | None = None
+) -> tuple[dict, list[dict]]:
+    """Run the loop in this process, without Ray (one worker). Returns (last metrics, history).
+    A run with checkpoints in `ckpt_root` resumes from the latest, data position included."""
     import torch.distributed as dist
 
     if not dist.is_initialized():
@@ -347,7 +373,7 @@ def train_local(spec: LoopSpec, rows: dict[str, list], ckpt_root: str, on_report
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
         backend = "nccl" if spec.cfg.use_gpu and torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend, rank=0, world_size=1)
-    ctx = LocalContext(rows, ckpt_root, on_report)
+    ctx = context or LocalContext(rows, ckpt_root, on_report)
     last = run_loop(spec, ctx)
     return last, ctx.history
 

@@ -47,7 +47,6 @@ def run_train(stage: str, recipe: Recipe, run_dir: RunDir, force: bool = False) 
         reason = f"{run_dir.uri_of(table)} has no rows"
         log.warning("%s: skipped: %s", stage, reason)
         return run_dir.update_stage(stage, status="skipped", reason=reason, counts={"rows": 0, "steps": 0})
-    ds = run_dir.read_dataset(table)
     total_steps = steps_for(rows, cfg, cfg.num_workers)
     init_path = recipe.model.path
     if cfg.init_from:
@@ -69,6 +68,7 @@ def run_train(stage: str, recipe: Recipe, run_dir: RunDir, force: bool = False) 
         init_path=init_path,
         beta=getattr(cfg, "beta", 0.1),
         log_every=max(1, min(10, total_steps // 10 or 1)),
+        table=table,
     )
     storage = run_dir.uri_of("checkpoints", stage)  # Ray Train's own folder sits beside the HF export
     if run_dir.is_local:
@@ -88,7 +88,6 @@ def run_train(stage: str, recipe: Recipe, run_dir: RunDir, force: bool = False) 
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
         ),
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
-        datasets={"train": ds},
     )
     log.warning("%s: %d rows, %d optimizer steps on %d workers", stage, rows, total_steps, cfg.num_workers)
     try:
