@@ -72,3 +72,43 @@ def test_synth_and_tokenize_stages_on_ray(ray_local, tmp_path):
     assert row["loss_mask"][: len(ids)] == mask
     assert sum(sum(r["loss_mask"]) for r in sft) == sum(sum(render_chat(json.loads(s["messages"]))[1]) for s in syn)
     assert EOT_ID in pre.column("input_ids").to_pylist()[0]
+
+
+def test_tokenize_builds_the_midtraining_mixture_and_dpo_pairs(ray_local, tmp_path):
+    import pyarrow as pa
+
+    from phi4ray.config import MidtrainMixConfig
+
+    run_dir = RunDir(tmp_path / "run")
+    words = "the quick brown fox jumps over the lazy dog and keeps running far away".split()
+    rows = []
+    for i in range(60):  # 300-token documents and 40-token ones, web and synthetic
+        n = 300 if i % 3 == 0 else 40
+        rows.append({"id": f"d{i}", "source": "web" if i % 2 else "synthetic",
+                     "text": " ".join(words[(i + j) % len(words)] for j in range(n))})
+    run_dir.commit_table("curated", "part-00000", pa.Table.from_pylist(rows))
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(
+        json.dumps({"prompt": "1+1=", "chosen": " 2", "rejected": " 3"}) + "\n"
+        + "{not json\n"
+        + json.dumps({"prompt": "1+2=", "chosen": " 3"}) + "\n"
+    )
+    cfg = TokenizeConfig(
+        seq_len=32, mixture={"web": 0.5, "synthetic": 0.5}, rows_per_shard=64, dpo_pairs=[str(pairs)],
+        midtrain=MidtrainMixConfig(seq_len=128, long_fraction=0.3, long_min_tokens=200, upweight_min_tokens=100000),
+    )
+    out = run_tokenize(cfg, run_dir)
+    m = out["metrics"]
+    assert set(m["midtrain_mixture"]) == {"recall/web", "recall/synthetic", "long"}
+    assert m["midtrain_long_fraction"] == pytest.approx(0.3, abs=0.03)
+    mid = run_dir.read_table("tokens/midtrain")
+    assert mid.num_rows == out["counts"]["midtrain_rows"] > 0
+    assert {len(r) for r in mid.column("input_ids").to_pylist()} == {129}
+    for s, v in m["mixture"].items():
+        assert v["realised_fraction"] == pytest.approx(0.5, abs=0.05), (s, v)
+    assert 0 <= m["pretrain_packing"]["waste"] < 0.05
+    dpo = run_dir.read_table("tokens/dpo").to_pylist()
+    assert [(r["prompt"], r["chosen_ids"]) for r in dpo] == [("1+1=", encode(" 2"))]
+    rejects = run_dir.read_table("rejects/tokenize").to_pylist()
+    assert sorted(r["reason"].split(":")[0] for r in rejects) == ["bad_line", "missing_field"]
+    assert out["counts"]["dpo_pairs"] == 1 and out["counts"]["dpo_rejected"] == 2
