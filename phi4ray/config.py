@@ -113,13 +113,15 @@ class MinHashConfig(Strict):
     """Jaccard similarity of word n-gram sets at or above which two documents are near duplicates."""
     num_perm: int = Field(128, ge=2, le=4096)
     """MinHash permutations. 128 (datasketch's default) rather than datatrove's 112 (14 x 8):
-    with bands/rows chosen for the threshold, 128 gives (b, r) = (9, 13) at 0.8."""
+    with bands/rows chosen for the threshold and weights, 128 gives (b, r) = (12, 10) at 0.8."""
     bands: int | None = Field(None, ge=1)
     rows: int | None = Field(None, ge=1)
     """LSH bands (b) and rows per band (r). Both None: what datasketch's MinHashLSH chooses for
     `threshold` and `num_perm` (`_optimal_param` with `weights`). Set both or neither."""
-    weights: tuple[float, float] = (0.5, 0.5)
-    """(false positive, false negative) weights for choosing b and r, as in MinHashLSH."""
+    weights: tuple[float, float] = (0.2, 0.8)
+    """(false positive, false negative) weights for choosing b and r, as in MinHashLSH. Leaning
+    to recall because `verify` removes false candidates but nothing recovers a missed pair:
+    (12, 10) catches a pair at J=0.9 with p=0.994, where datasketch's (0.5, 0.5) gives (9, 13), p=0.93."""
     ngram: int = Field(5, ge=1)
     """Shingles are word n-grams of the normalised text."""
     seed: int = Field(1, ge=0, le=2**32 - 1)
@@ -144,6 +146,118 @@ class MinHashConfig(Strict):
             raise ValueError(f"bands * rows ({self.bands * self.rows}) must be <= num_perm ({self.num_perm})")
         if min(self.weights) < 0 or abs(sum(self.weights) - 1.0) > 1e-9:
             raise ValueError("weights must be two non-negative numbers that sum to 1")
+        return self
+
+
+class FilterConfig(Strict):
+    """Corruption filters (phi4ray/data/filters.py). Every threshold can be set to None to turn
+    its check off; `enabled: false` turns them all off.
+
+    Repetition statistics follow Gopher (Rae et al. 2021, Table A1), computed on prose only:
+    code documents, fenced code, inline code and LaTeX are left out. Where Gopher's value would
+    reject well-formed technical documentation, our default is higher and says why: measured
+    on 200 CPython and SymPy documentation pages (shared/data/html), Gopher's line, paragraph
+    and 5..10-gram thresholds reject about half of them, because API references repeat their
+    templates ("Return value: New reference.", "Parameters", "Defaults to 8."). These are
+    corruption filters: they catch text repeated wholesale (a page pasted twice, crawler
+    loops, keyword spam), and leave finer quality judgements to the quality classifiers.
+    Set Gopher's values in a recipe to filter raw web text as Gopher and FineWeb do."""
+
+    enabled: bool = True
+    reject_invalid_utf8: bool = True
+    """Reject text that cannot be written as UTF-8 (lone surrogates)."""
+    max_control_frac: float | None = Field(0.001, ge=0, le=1)
+    """Most control characters (Cc less tab/LF/VT/FF/CR) per character. The docs pages have
+    none; binary bytes read as text have 10-25%."""
+    max_replacement_frac: float | None = Field(0.001, ge=0, le=1)
+    """Most U+FFFD per character (a lossy decode upstream). The docs pages have none; a page
+    that mentions U+FFFD a few times stays under it."""
+    max_mojibake_per_kchar: float | None = Field(0.2, ge=0)
+    """Most mojibake sequences (`ftfy.badness`) per 1000 characters. The docs pages have none;
+    mojibake'd text has one per non-ASCII character."""
+    mojibake_min_count: int = Field(2, ge=1)
+    """Fewer mojibake sequences than this never reject (one quoted example is not corruption)."""
+    min_compression_ratio: float | None = Field(0.08, ge=0)
+    """Least zlib compressed/raw size. Docs pages: 0.13 and up; a random sample of 2,400
+    installed Python files: 0.3% below (generated pattern tables); a sentence repeated: 0.01."""
+    max_compression_ratio: float | None = Field(0.70, ge=0)
+    """Most zlib compressed/raw size. Docs pages: up to 0.50; Python files up to 0.62;
+    base64 and random alphanumerics: 0.75 and more; random bytes: 0.8."""
+    compression_min_bytes: int = Field(1024, ge=0)
+    """Shorter texts are not judged by compression ratio: zlib's fixed overhead dominates them."""
+    repetition_min_words: int = Field(50, ge=0)
+    """Shorter prose is not judged by repetition statistics (Gopher's minimum document length)."""
+    dup_line_frac: float | None = Field(0.70, ge=0, le=1)
+    """Lines that repeat an earlier line, over all lines. Gopher: 0.30; docs pages: up to 0.58."""
+    dup_para_frac: float | None = Field(0.70, ge=0, le=1)
+    """Paragraphs that repeat an earlier one, over all paragraphs. Gopher: 0.30; docs: up to 0.58."""
+    dup_line_char_frac: float | None = Field(0.50, ge=0, le=1)
+    """Characters in repeated lines, over all line characters. Gopher: 0.20; docs: up to 0.39."""
+    dup_para_char_frac: float | None = Field(0.50, ge=0, le=1)
+    """Characters in repeated paragraphs. Gopher: 0.20; docs: up to 0.39."""
+    top_ngram_char_frac: dict[int, float] = Field(default_factory=lambda: {2: 0.20, 3: 0.18, 4: 0.16})
+    """{n: most characters in the most frequent n-gram}. Gopher's values; docs pages reach
+    0.16 / 0.08 / 0.11. An empty dict turns these off."""
+    dup_ngram_char_frac: dict[int, float] = Field(
+        default_factory=lambda: {5: 0.95, 6: 0.94, 7: 0.93, 8: 0.92, 9: 0.91, 10: 0.90}
+    )
+    """{n: most characters covered by n-grams that occur more than once}. Gopher: 0.15 for
+    n=5 down to 0.10 for n=10; docs pages reach 0.82 (n=5) and 0.73 (n=10); a page pasted
+    twice has 1.0. An empty dict turns these off."""
+
+    @model_validator(mode="after")
+    def _ngram_thresholds(self) -> "FilterConfig":
+        for name in ("top_ngram_char_frac", "dup_ngram_char_frac"):
+            for n, v in getattr(self, name).items():
+                if n < 1 or not 0 <= v <= 1:
+                    raise ValueError(f"{name}: n must be >= 1 and the fraction in [0, 1], got {n}: {v}")
+        return self
+
+
+class DecontamConfig(Strict):
+    """Decontamination against evaluation sets (Phi-4: hybrid 13-gram and 7-gram matching with
+    an allow-list of common n-grams; phi4ray/data/decontam.py). No eval sets: no decontamination.
+
+    Text is normalised (NFKC, casefolded, split into runs of letters and digits, so case,
+    punctuation and whitespace do not matter). A document is contaminated by an eval item when
+      (a) it shares a `long_n`-gram with the item that is not allow-listed: a shared 13-gram
+          is a copy (the rule of GPT-3 and most decontamination since); or
+      (b) it holds at least `short_min_frac` of the item's distinct non-allow-listed
+          `short_n`-grams. This covers items with no 13-gram (7 to 12 words) and copies of long
+          items edited enough to break every 13-gram (numbers changed), while one shared
+          7-gram ("what is the sum of the first") is not taken as evidence.
+    Items shorter than `short_n` words cannot be told from common phrases and are not
+    matched; the index summary counts them per benchmark."""
+
+    eval_sets: dict[str, str] = Field(default_factory=dict)
+    """Benchmark name -> JSONL file (`.jsonl` or `.jsonl.gz`, local path or URI), one item a line."""
+    text_fields: list[str] = Field(
+        default_factory=lambda: [
+            "question", "prompt", "problem", "input", "query", "instruction", "context", "passage",
+            "answer", "solution", "output", "completion", "canonical_solution", "target", "choices", "options",
+        ]
+    )  # fmt: skip
+    """Fields whose text is indexed, each on its own (n-grams do not span fields). Lists and
+    dicts (multiple-choice options) are flattened into one text."""
+    id_fields: list[str] = Field(default_factory=lambda: ["id", "task_id", "question_id", "idx", "uid"])
+    """The first of these that an item has is its id in reports; else its line number."""
+    long_n: int = Field(13, ge=2)
+    short_n: int = Field(7, ge=1)
+    short_min_frac: float = Field(0.5, gt=0, le=1)
+    common_min_items: int | None = Field(10, ge=2)
+    """An n-gram found in at least this many distinct eval items is allow-listed: it is a
+    benchmark's template ("how many ... does she have left"), not one item. None: off."""
+    allow_list: str | None = None
+    """A text file of common phrases, one a line, normalised like the text: every long_n- and
+    short_n-gram of a line is allow-listed. A line shorter than short_n words is an error."""
+
+    @model_validator(mode="after")
+    def _sizes_and_names(self) -> "DecontamConfig":
+        if self.short_n >= self.long_n:
+            raise ValueError(f"short_n ({self.short_n}) must be less than long_n ({self.long_n})")
+        bad = [n for n in self.eval_sets if not re.fullmatch(r"[\w.-]+", n)]
+        if bad:
+            raise ValueError(f"eval set names must be letters, digits, '_', '.' or '-': {bad}")
         return self
 
 
@@ -288,6 +402,9 @@ class TrainConfig(Strict):
     """Training context; None: the packed rows' length."""
     init_from: str | None = None
     """Stage whose HF export initialises this one (pretrain: None, a fresh preset)."""
+    doc_masking: bool = False
+    """Keep attention inside each document of a packed row (position ids restart per document:
+    a block-diagonal mask on CPU/SDPA, flash-attn varlen with `flash_attention_2`)."""
 
 
 class DPOConfig(TrainConfig):

@@ -170,3 +170,19 @@ def test_dpo_on_ray_train_prefers_chosen_tokens_over_the_reference(ray_local, tm
     forced = run_train("dpo", recipe.model_copy(update={"dpo": recipe.dpo.model_copy(update={"max_steps": 2})}), run_dir, force=True)
     assert forced["counts"]["steps"] == 2 and forced["metrics"]["tokens"] == 2 * 8 * 2  # 2 steps x 8 pairs x 2 rows
     assert ray_ckpts() and not before & ray_ckpts()
+
+
+def test_document_masking_makes_a_packed_document_see_only_itself():
+    from phi4ray.train.objectives import _hidden, document_positions
+
+    seg = torch.tensor([[1, 1, 1, 2, 2, 2, 2, 0, 0]])
+    assert document_positions(seg).tolist() == [[0, 1, 2, 0, 1, 2, 3, 0, 1]]
+    model = build_model("micro", seed=0).eval()
+    a, b = [11, 12, 13], [21, 22, 23, 24]
+    packed = torch.tensor([a + b])
+    with torch.no_grad():
+        masked = _hidden(model, packed, position_ids=document_positions(torch.tensor([[1] * 3 + [2] * 4])))
+        alone = _hidden(model, torch.tensor([b]))
+        plain = _hidden(model, packed)
+    torch.testing.assert_close(masked[0, 3:], alone[0], rtol=1e-5, atol=1e-5)  # as if b stood alone
+    assert not torch.allclose(plain[0, 3:], alone[0], atol=1e-3)  # without it, b attends to a

@@ -63,11 +63,16 @@ def _stack(col) -> np.ndarray:
     return np.stack([np.asarray(x, dtype=np.int64) for x in col])
 
 
-def lm_batch(b: dict[str, np.ndarray], device) -> dict:
-    return {
+def lm_batch(b: dict[str, np.ndarray], device, doc_masking: bool = False) -> dict:
+    out = {
         "input_ids": torch.as_tensor(_stack(b["input_ids"]), device=device),
         "loss_mask": torch.as_tensor(_stack(b["loss_mask"]), device=device),
     }
+    if doc_masking:
+        if "segment_ids" not in b:
+            raise ValueError("doc_masking needs a `segment_ids` column in the training rows")
+        out["position_ids"] = objectives.document_positions(torch.as_tensor(_stack(b["segment_ids"]), device=device))
+    return out
 
 
 def dpo_batch(b: dict[str, np.ndarray], device, pad_id: int) -> dict:
@@ -277,7 +282,7 @@ def run_loop(spec: LoopSpec, ctx: Context) -> dict:
         seen = 0
         for raw in ctx.batches(micro, take(mine, pos.consumed * micro, None)):
             seen += 1
-            batch = lm_batch(raw, device) if spec.objective == "lm" else dpo_batch(raw, device, EOT_ID)
+            batch = lm_batch(raw, device, cfg.doc_masking) if spec.objective == "lm" else dpo_batch(raw, device, EOT_ID)
             out = engine(**batch)
             engine.backward(out["loss"])
             boundary = engine.is_gradient_accumulation_boundary()

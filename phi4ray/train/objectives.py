@@ -12,8 +12,22 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def _hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-    return model.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+def _hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None) -> torch.Tensor:
+    return model.model(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+    ).last_hidden_state
+
+
+def document_positions(segment_ids: torch.Tensor) -> torch.Tensor:
+    """Position ids that restart at 0 where each document (segment) of a packed row begins.
+
+    Given these and no attention mask, transformers keeps attention inside documents: it builds
+    a block-diagonal causal mask for eager/SDPA attention and calls flash-attn's varlen kernel
+    with `flash_attention_2` (`masking_utils.find_packed_sequence_indices`)."""
+    idx = torch.arange(segment_ids.shape[1], device=segment_ids.device).expand_as(segment_ids)
+    prev = torch.nn.functional.pad(segment_ids, (1, 0), value=-1)[:, :-1]
+    starts = torch.where(segment_ids != prev, idx, torch.zeros_like(idx))
+    return idx - torch.cummax(starts, dim=1).values
 
 
 class CausalLM(nn.Module):
@@ -27,10 +41,11 @@ class CausalLM(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids: torch.Tensor, loss_mask: torch.Tensor) -> dict:
+    def forward(self, input_ids: torch.Tensor, loss_mask: torch.Tensor, position_ids: torch.Tensor | None = None) -> dict:
+        """`position_ids` (from `document_positions`) keep attention inside documents."""
         inputs, targets = input_ids[:, :-1], input_ids[:, 1:]
         weights = loss_mask[:, 1:].bool()
-        hidden = _hidden(self.model, inputs)
+        hidden = _hidden(self.model, inputs, position_ids=None if position_ids is None else position_ids[:, :-1])
         logits = self.model.lm_head(hidden[weights]).float()
         n = weights.sum()
         loss = F.cross_entropy(logits, targets[weights], reduction="sum") / n.clamp(min=1)
