@@ -186,3 +186,31 @@ def test_document_masking_makes_a_packed_document_see_only_itself():
         plain = _hidden(model, packed)
     torch.testing.assert_close(masked[0, 3:], alone[0], rtol=1e-5, atol=1e-5)  # as if b stood alone
     assert not torch.allclose(plain[0, 3:], alone[0], atol=1e-3)  # without it, b attends to a
+
+
+def test_precomputed_reference_logps_match_the_in_loop_reference_and_train(ray_local, tmp_path):
+    from phi4ray.tokenizer import EOT_ID
+    from phi4ray.train.objectives import sequence_logps
+    from phi4ray.train.reference import precompute_ref_logps
+
+    run_dir = RunDir(tmp_path / "run")
+    ref = build_model("micro", seed=5)
+    save_checkpoint(ref, run_dir.path("checkpoints/sft/hf"))
+    run_dir.commit_table("pts/pairs", "part-00000", _pairs_table(16))
+    n = precompute_ref_logps(run_dir, "pts/pairs", "checkpoints/dpo/ref_logps", run_dir.path("checkpoints/sft/hf"),
+                             "micro", batch_size=4, rows_per_shard=8)
+    assert n == 16 and len(run_dir.shards("checkpoints/dpo/ref_logps")) == 2
+    got = run_dir.read_table("checkpoints/dpo/ref_logps").to_pydict()
+    b = dpo_batch(got, torch.device("cpu"), EOT_ID)
+    with torch.no_grad():
+        want = sequence_logps(ref.eval(), b["input_ids"], b["completion_mask"], b["attention_mask"])
+    torch.testing.assert_close(b["ref_logps"], want, rtol=1e-4, atol=1e-4)
+
+    # the loop trains against them with no reference model in memory
+    cfg = DPOConfig(num_workers=1, micro_batch_size=4, global_batch_size=4, lr=5e-3, epochs=2, precompute_ref_logps=True)
+    spec = LoopSpec(stage="dpo", objective="dpo", train=cfg.model_dump(mode="json"), total_steps=8,
+                    run_dir=str(tmp_path / "run"), export_rel="checkpoints/dpo/hf",
+                    init_path=run_dir.path("checkpoints/sft/hf"), log_every=1)
+    last, history = train_local(spec, got, str(tmp_path / "ckpt"))
+    assert history[0]["rewards/margins"] == pytest.approx(0.0, abs=1e-3)  # policy == reference at step 1
+    assert last["rewards/margins"] > 0.1 and last["rewards/accuracy"] == 1.0

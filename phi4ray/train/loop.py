@@ -233,8 +233,8 @@ def run_loop(spec: LoopSpec, ctx: Context) -> dict:
 
     policy = _load_policy(spec, cfg)
     if spec.objective == "dpo":
-        # The frozen reference scores pairs whose table carries no ref_chosen_logp/ref_rejected_logp.
-        reference = copy.deepcopy(policy).to(device)
+        # Without precomputed log-probs, a frozen copy of the starting policy scores each batch.
+        reference = None if cfg.precompute_ref_logps else copy.deepcopy(policy).to(device)
         module = objectives.DPO(policy, reference, spec.beta)
     else:
         module = objectives.CausalLM(policy)

@@ -47,6 +47,13 @@ def run_train(stage: str, recipe: Recipe, run_dir: RunDir, force: bool = False) 
         reason = f"{run_dir.uri_of(table)} has no rows"
         log.warning("%s: skipped: %s", stage, reason)
         return run_dir.update_stage(stage, status="skipped", reason=reason, counts={"rows": 0, "steps": 0})
+    if isinstance(cfg, DPOConfig) and cfg.precompute_ref_logps:
+        from phi4ray.train.reference import precompute_ref_logps
+
+        ref_table = f"checkpoints/{stage}/ref_logps"
+        ref_model = run_dir.uri_of(export_dir(cfg.init_from)) if cfg.init_from else recipe.model.path
+        precompute_ref_logps(run_dir, table, ref_table, ref_model, recipe.model.preset, seed=cfg.seed)
+        table = ref_table
     total_steps = steps_for(rows, cfg, cfg.num_workers)
     init_path = recipe.model.path
     if cfg.init_from:
