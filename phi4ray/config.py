@@ -410,6 +410,10 @@ class TrainConfig(Strict):
 class DPOConfig(TrainConfig):
     beta: float = Field(0.1, gt=0)
     pairs: Literal["pts", "full"] = "pts"
+    """`pts`: PTS's single-token pairs (`pts/pairs`); `full`: full-length pairs (`tokens/dpo`)."""
+    precompute_ref_logps: bool = False
+    """Score every pair with the reference once before training (a Ray Data actor pool), so the
+    workers hold the policy only."""
 
 
 # -- serving and PTS --------------------------------------------------------------------------
