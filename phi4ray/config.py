@@ -273,6 +273,10 @@ class CurateConfig(Strict):
     """Exact dedup over at least this many documents runs as a Ray Data groupby (a distributed
     shuffle); below it, as one pyarrow group-by on the driver (same result, no shuffle overhead)."""
     concurrency: int | None = None
+    filters: FilterConfig = Field(default_factory=FilterConfig)
+    decontam: DecontamConfig = Field(default_factory=DecontamConfig)
+    minhash: MinHashConfig = Field(default_factory=MinHashConfig)
+    quality: QualityConfig = Field(default_factory=QualityConfig)
 
 
 # -- synthesis --------------------------------------------------------------------------------

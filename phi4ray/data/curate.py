@@ -32,8 +32,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from phi4ray.config import CurateConfig
+from phi4ray.data.decontam import DecontamIndex, contamination_counts, contamination_report
 from phi4ray.data.dedup import DUP_SCHEMA, content_hash, duplicate_ids, duplicate_ids_table
 from phi4ray.data.extract import extract
+from phi4ray.data.filters import filter_steps
 from phi4ray.data.langid import lang_group, langid_batch, load_model
 from phi4ray.data.readers import InputFile, expand_inputs, read_records
 from phi4ray.run import RunDir, RunDirError, config_hash
@@ -81,14 +83,17 @@ def add_hash(record: dict) -> dict:
     return {**record, "hash": content_hash(record["text"])}
 
 
-def curate_steps(cfg: CurateConfig) -> list[Step]:
-    """The per-document pipeline of phase 1, in order. Later steps (quality classifiers,
-    heuristic filters, decontamination) slot in here."""
-    return [
-        Step("extract", partial(extract, min_chars=cfg.min_chars)),
-        Step("langid", partial(langid_batch, cfg=cfg.langid), batch=True),
-        Step("hash", add_hash),
-    ]
+def curate_steps(cfg: CurateConfig, decontam: DecontamIndex | None = None) -> list[Step]:
+    """The per-document pipeline of phase 1, in order: extract, corruption filters, language ID
+    (not for code), decontamination (when eval sets are configured), content hash."""
+    steps = [Step("extract", partial(extract, min_chars=cfg.min_chars))]
+    steps += [Step(name, fn) for name, fn in filter_steps(cfg.filters)]
+    if cfg.source != "code":
+        steps.append(Step("langid", partial(langid_batch, cfg=cfg.langid), batch=True))
+    if decontam is not None:
+        steps.append(Step("decontam", decontam.check))
+    steps.append(Step("hash", add_hash))
+    return steps
 
 
 def apply_batch_step(records: list[dict], step: Step, stage: str = STAGE) -> tuple[list[dict], list[dict]]:
@@ -155,12 +160,13 @@ def _meta_json(meta) -> str:
     return json.dumps(meta or {}, sort_keys=True, ensure_ascii=False, default=str)
 
 
-def extract_unit(unit: dict, cfg: CurateConfig) -> ShardResult:
+def extract_unit(unit: dict, cfg: CurateConfig, decontam: DecontamIndex | None = None) -> ShardResult:
     """Phase 1 for one unit of files."""
     files = [InputFile(**d) for d in json.loads(unit["files"])]
-    records, rejects = read_records(files, cfg.source, STAGE)
+    skipped: Counter = Counter()
+    records, rejects = read_records(files, cfg.source, STAGE, skipped=skipped)
     read = len(records) + len(rejects)
-    kept, rj = run_steps(records, curate_steps(cfg), STAGE)
+    kept, rj = run_steps(records, curate_steps(cfg, decontam), STAGE)
     rejects += rj
     rows = [
         {
@@ -168,15 +174,17 @@ def extract_unit(unit: dict, cfg: CurateConfig) -> ShardResult:
             "text": r["text"],
             "source": cfg.source,
             "url": r.get("url") or "",
-            "lang": r["lang"],
-            "lang_score": r["lang_score"],
+            "lang": r.get("lang") or (r.get("meta") or {}).get("lang", ""),
+            "lang_score": r.get("lang_score", 1.0),
             "meta": _meta_json(r.get("meta")),
             "hash": r["hash"],
         }
         for r in kept
     ]
     table = pa.Table.from_pylist(rows, schema=EXTRACTED_SCHEMA)
-    return ShardResult(table, rejects, read, extra=reason_counts(rejects))
+    extra = {**reason_counts(rejects), **contamination_counts(rejects)}
+    extra.update({f"skipped/{k}": v for k, v in sorted(skipped.items())})
+    return ShardResult(table, rejects, read, extra=extra)
 
 
 # -- phase 2: drop duplicates ----------------------------------------------------------------------
@@ -226,6 +234,17 @@ def _collect(prefix: str, *extras: dict) -> dict[str, int]:
     return dict(sorted(out.items()))
 
 
+def _decontam_report(run_dir: RunDir) -> dict:
+    """Documents removed per benchmark, with the n-grams that matched (from `rejects/curate`)."""
+    if not run_dir.exists(f"rejects/{STAGE}"):
+        return contamination_report([])
+    import pyarrow.compute as pc
+
+    t = run_dir.read_table(f"rejects/{STAGE}", columns=["step", "reason"])
+    t = t.filter(pc.equal(t.column("step"), "decontam"))
+    return contamination_report(t.to_pylist())
+
+
 def run_curate(cfg: CurateConfig, run_dir: RunDir, force: bool = False) -> dict:
     """Curate `cfg.inputs` (default: the shipped samples) into `curated/`. Exactly-once and
     restartable. Returns counts: read, kept, rejected, rejects per reason, docs per language."""
@@ -245,13 +264,16 @@ def run_curate(cfg: CurateConfig, run_dir: RunDir, force: bool = False) -> dict:
 def _run(cfg: CurateConfig, run_dir: RunDir) -> dict:
     t0 = time.time()
     inputs = cfg.inputs or [samples_dir()]
-    files = expand_inputs(inputs)
+    files = expand_inputs(inputs, source=cfg.source)
     load_model(cfg.langid.model_path)  # a missing model fails here, not as one reject per document
+    decontam = DecontamIndex.build(cfg.decontam) if cfg.decontam.eval_sets else None
     units = plan_units(files, cfg.files_per_shard)
     _check_plan(run_dir, units, cfg)
     log.info("curate: %d files in %d shards from %s -> %s", len(files), len(units), ", ".join(inputs), run_dir.uri)
 
-    c1 = run_shards(run_dir, STAGE, EXTRACTED, units, partial(extract_unit, cfg=cfg), concurrency=cfg.concurrency)
+    c1 = run_shards(
+        run_dir, STAGE, EXTRACTED, units, partial(extract_unit, cfg=cfg, decontam=decontam), concurrency=cfg.concurrency
+    )
     t1 = time.time()
     log.info("curate: extract: read %d, kept %d, rejected %d (%.1fs)", c1.read, c1.kept, c1.rejected, t1 - t0)
 
@@ -287,6 +309,11 @@ def _run(cfg: CurateConfig, run_dir: RunDir) -> dict:
         "files": len(files),
         "shards": len(units),
     }
+    skipped = _collect("skipped/", c1.extra)
+    if skipped:
+        counts["skipped"] = skipped
+    if decontam is not None:
+        counts["decontamination"] = {"index": decontam.summary(), **_decontam_report(run_dir)}
     if cfg.langid.groups:
         groups: Counter = Counter()
         for lang, n in langs.items():
