@@ -49,7 +49,9 @@ DUP_IDS = "curate/dup_ids"
 DUP_SHARD = "part-00000"
 PLAN = "curate/plan.json"
 CURATED = "curated"
-OUTPUTS = ["curate", CURATED, f"rejects/{STAGE}"]
+QUALITY = "curate/quality"
+SEEDS = "seeds"
+OUTPUTS = ["curate", CURATED, SEEDS, f"rejects/{STAGE}"]
 
 CURATED_SCHEMA = pa.schema(
     [
@@ -188,8 +190,9 @@ def extract_unit(unit: dict, cfg: CurateConfig, decontam: DecontamIndex | None =
 
 
 # -- phase 2: drop duplicates ----------------------------------------------------------------------
-def filter_unit(unit: dict, run_dir: RunDir) -> ShardResult:
-    """Phase 2 for one extracted shard: drop the ids listed in `curate/dup_ids`."""
+def filter_unit(unit: dict, run_dir: RunDir, quality: Callable | None = None) -> ShardResult:
+    """Phase 3 for one extracted shard: drop the ids listed in `curate/dup_ids`, then (when the
+    quality classifier is on) score each page and reject those below the page threshold."""
     src = pq.read_table(run_dir.shard_path(EXTRACTED, unit["src"]), filesystem=run_dir.fs)
     ids = src.column("id").to_pylist()
     dups: dict[str, str] = {}
@@ -208,10 +211,27 @@ def filter_unit(unit: dict, run_dir: RunDir) -> ShardResult:
             continue
         row.pop("hash")
         kept.append({**row, "quality": None})
-    table = pa.Table.from_pylist(kept, schema=CURATED_SCHEMA)
+    if quality is not None and kept:
+        kept, rj = apply_batch_step(kept, Step("quality", quality, batch=True))
+        rejects += rj
+    table = pa.Table.from_pylist([{k: r.get(k) for k in CURATED_SCHEMA.names} for r in kept], schema=CURATED_SCHEMA)
     extra = reason_counts(rejects)
     extra.update({f"lang/{k}": v for k, v in sorted(Counter(r["lang"] for r in kept).items())})
     return ShardResult(table, rejects, len(ids), extra=extra)
+
+
+# -- phase 4: seed passages ----------------------------------------------------------------------
+def seed_unit(unit: dict, run_dir: RunDir, select: Callable) -> ShardResult:
+    """Stage two of seed selection for one curated shard: its pages' passages above the passage
+    threshold become `seeds/` rows. A rejected passage is not a lost document: its page stays
+    in `curated/`; the reject says why it is no seed."""
+    from phi4ray.data.quality import SEED_SCHEMA
+
+    pages = pq.read_table(run_dir.shard_path(CURATED, unit["shard"]), filesystem=run_dir.fs).to_pylist()
+    seeds, rejected = select(pages)
+    rejects = [reject_row(r, STAGE, "seeds", rej) for r, rej in rejected]
+    table = pa.Table.from_pylist([{k: r.get(k) for k in SEED_SCHEMA.names} for r in seeds], schema=SEED_SCHEMA)
+    return ShardResult(table, rejects, len(pages), extra=reason_counts(rejects))
 
 
 # -- the stage ---------------------------------------------------------------------------------
@@ -293,11 +313,34 @@ def _run(cfg: CurateConfig, run_dir: RunDir) -> dict:
     t2 = time.time()
     log.info("curate: exact dedup: %d duplicates (%.1fs)", n_dups, t2 - t1)
 
+    quality_report, page_step = None, None
+    if cfg.quality.enabled:
+        from phi4ray.data import quality
+
+        quality_report = quality.train_from_dataset(
+            run_dir.read_dataset(EXTRACTED).select_columns(["id", "text", "lang"]),
+            cfg.quality, run_dir.uri_of(QUALITY), cfg.langid,
+        )
+        page_step = quality.quality_step(cfg.quality, run_dir.uri_of(QUALITY), cfg.langid)
+    t_q = time.time()
+
     units2 = [
         {"shard": "part-" + u["shard"].split("-", 1)[1], "src": u["shard"], "dedup": cfg.exact_dedup} for u in units
     ]
-    c2 = run_shards(run_dir, STAGE, CURATED, units2, partial(filter_unit, run_dir=run_dir), concurrency=cfg.concurrency)
+    c2 = run_shards(
+        run_dir, STAGE, CURATED, units2, partial(filter_unit, run_dir=run_dir, quality=page_step),
+        concurrency=cfg.concurrency,
+    )
     t3 = time.time()
+    seeds = None
+    if cfg.quality.enabled:
+        from phi4ray.data import quality
+
+        seed_fn = quality.seed_step(cfg.quality, run_dir.uri_of(QUALITY), cfg.langid)
+        seeds = run_shards(
+            run_dir, STAGE, SEEDS, [{"shard": u["shard"]} for u in units2],
+            partial(seed_unit, run_dir=run_dir, select=seed_fn), concurrency=cfg.concurrency,
+        )
 
     langs = _collect("lang/", c2.extra)
     counts = {
@@ -309,6 +352,11 @@ def _run(cfg: CurateConfig, run_dir: RunDir) -> dict:
         "files": len(files),
         "shards": len(units),
     }
+    if quality_report is not None:
+        counts["quality"] = {k: v for k, v in quality_report.items() if k != "config_hash"}
+    if seeds is not None:
+        counts["seeds"] = {"pages": seeds.read, "seeds": seeds.kept, "rejected": seeds.rejected,
+                           "rejects": _collect("reject/", seeds.extra)}
     skipped = _collect("skipped/", c1.extra)
     if skipped:
         counts["skipped"] = skipped
@@ -324,7 +372,8 @@ def _run(cfg: CurateConfig, run_dir: RunDir) -> dict:
     metrics = {
         "seconds_extract": round(t1 - t0, 3),
         "seconds_dedup": round(t2 - t1, 3),
-        "seconds_filter": round(t3 - t2, 3),
+        "seconds_quality_training": round(t_q - t2, 3),
+        "seconds_filter": round(t3 - t_q, 3),
         "docs_per_s": round(c1.read / max(t3 - t0, 1e-9), 2),
         "skipped_shards": c1.skipped_shards + c2.skipped_shards,
         "duplicates": n_dups,
