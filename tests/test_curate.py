@@ -1,4 +1,4 @@
-"""Curation: extraction, language ID, exact dedup, readers, and the stage on a local Ray.
+"""Curation: language ID, exact dedup, readers, and the stage on a local Ray.
 
 The per-record functions are tested without Ray on the real sample pages shipped in
 phi4ray/data/samples; the stage runs on the session's local Ray (`ray_local`), and its
@@ -15,7 +15,6 @@ import random
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -24,132 +23,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from phi4ray.config import CurateConfig, LangIdConfig
-from phi4ray.data import dedup, extract, langid, readers
+from phi4ray.data import dedup, langid, readers
 from phi4ray.data.curate import CURATED_SCHEMA, run_curate, samples_dir
 from phi4ray.run import RunDir, config_hash
-from phi4ray.stage import REJECT_SCHEMA, Reject
+from phi4ray.stage import REJECT_SCHEMA
 
 SAMPLES = Path(samples_dir())
-
-
-def page(name: str) -> str:
-    return extract.extract_text((SAMPLES / name).read_text(encoding="utf-8"))
-
-
-# -- extraction on real pages ------------------------------------------------------------------
-def test_extract_code_block_with_language():
-    text = page("python-docs__library__atexit.html")
-    block = textwrap.dedent(
-        """\
-        ```python3
-        def goodbye(name, adjective):
-            print('Goodbye %s, it was %s to meet you.' % (name, adjective))
-
-        import atexit
-
-        atexit.register(goodbye, 'Donny', 'nice')
-        # or:
-        atexit.register(goodbye, adjective='nice', name='Donny')
-        ```"""
-    )
-    assert "\n\n" + block + "\n\n" in text
-    graphlib = page("python-docs__library__graphlib.html")
-    assert '```pycon\n>>> graph = {"D": {"B", "C"}, "C": {"A"}, "B": {"A"}}\n' in graphlib
-    # Sphinx's `highlight-default` does not name a language: a bare fence.
-    assert "```\n>>> from sympy.physics.sho import E_nl\n" in page("sympy-docs__modules__physics__sho.html")
-
-
-def test_extract_table_as_markdown():
-    text = page("python-docs__library__pwd.html")
-    table = "\n".join(
-        [
-            "| Index | Attribute | Meaning |",
-            "| --- | --- | --- |",
-            "| 0 | `pw_name` | Login name |",
-            "| 1 | `pw_passwd` | Optional encrypted password |",
-            "| 2 | `pw_uid` | Numerical user ID |",
-            "| 3 | `pw_gid` | Numerical group ID |",
-            "| 4 | `pw_gecos` | User name or comment field |",
-            "| 5 | `pw_dir` | User home directory |",
-            "| 6 | `pw_shell` | User command interpreter |",
-        ]
-    )
-    assert "\n\n" + table + "\n\n" in text
-    assert text.startswith("# `pwd` — The password database\n\n")
-
-
-def test_extract_math_as_latex():
-    text = page("sympy-docs__modules__physics__units__philosophy.html")
-    assert "\n\n\\[d'_i = \\prod_{j=1}^n d_j^{P_{ij}}.\\]\n\n" in text  # display (div.math)
-    assert "the linear space \\(\\mathbf{Z}^n\\) as a representation" in text  # inline (img.math)
-    matrices = page("sympy-docs__modules__physics__matrices.html")
-    assert "Returns a Dirac gamma matrix \\(\\gamma^\\mu\\) in the standard (Dirac) representation." in matrices
-
-
-@pytest.mark.parametrize("name", sorted(p.name for p in SAMPLES.glob("*.html")))
-def test_extract_drops_boilerplate(name):
-    text = page(name)
-    for junk in (
-        "Navigation",
-        "Table of Contents",
-        "Show Source",
-        "Copyright",
-        "©",
-        "Previous topic",
-        "Report a Bug",
-        "Quick search",
-        "Back to top",
-        "Toggle",
-        "Last updated",
-        "¶",
-    ):
-        assert junk not in text, f"{junk!r} left in {name}"
-
-
-def test_extract_math_forms_and_chrome():
-    html = """<html><body>
-      <div class="cookie-banner">We use cookies. Accept all</div>
-      <header><a href="/">Site</a></header>
-      <nav><ul><li><a href="/a">A</a></li></ul></nav>
-      <main>
-        <h2>Forms of math</h2>
-        <p>MathJax <script type="math/tex">a^2+b^2</script> and
-           <span class="math notranslate nohighlight">\\(e^{i\\pi}\\)</span>.</p>
-        <script type="math/tex; mode=display">\\int_0^1 x\\,dx</script>
-        <p>KaTeX <span class="katex"><span class="katex-mathml"><math><semantics><mrow><mi>x</mi></mrow>
-           <annotation encoding="application/x-tex">\\frac{1}{2}</annotation></semantics></math></span>
-           <span class="katex-html" aria-hidden="true">12</span></span> and MathML
-           <math alttext="{\\displaystyle y_1}"><msub><mi>y</mi><mn>1</mn></msub></math>.</p>
-        <ol start="3"><li>three</li><li>four <ul><li>nested</li></ul></li></ol>
-        <p>See <a class="headerlink" href="#x">¶</a><a href="/edit">Edit this page</a></p>
-      </main>
-      <footer>© 2024 Example</footer>
-    </body></html>"""
-    assert extract.extract_text(html) == textwrap.dedent(
-        """\
-        ## Forms of math
-
-        MathJax \\(a^2+b^2\\) and \\(e^{i\\pi}\\).
-
-        \\[\\int_0^1 x\\,dx\\]
-
-        KaTeX \\(\\frac{1}{2}\\) and MathML \\(y_1\\).
-
-        3. three
-        4. four
-           - nested
-
-        See"""
-    )
-
-
-def test_extract_step_rejects_short_and_empty():
-    assert extract.extract({"id": "a", "html": "<p>hi</p>"}, min_chars=10) == Reject("too_short", "2 < 10 chars")
-    assert extract.extract({"id": "a", "html": "<nav>menu</nav>"}, min_chars=0) == Reject("empty")
-    rec = extract.extract({"id": "a", "html": (SAMPLES / "python-docs__library__pwd.html").read_text(), "meta": {}})
-    assert "html" not in rec and rec["text"].startswith("# `pwd`")
-    assert rec["meta"]["title"].startswith("pwd — The password database")
-    assert extract.extract({"id": "b", "text": "  plain text  "}, min_chars=3)["text"] == "plain text"
 
 
 # -- language ID -------------------------------------------------------------------------------
