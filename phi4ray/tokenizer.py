@@ -8,6 +8,9 @@ The ranks come from tiktoken's own cache when it holds a verified cl100k_base fi
 from the copy bundled in the `quicktok-v1` package, checked against the sha256 that tiktoken
 expects. Nothing here touches the network. A verified rebuild is written into tiktoken's cache,
 so `tiktoken.get_encoding("cl100k_base")` works offline afterwards too.
+
+`encode_ordinary_batch` encodes many documents with quicktok's native encoder where it is installed
+and proven to give tiktoken's ids, and with tiktoken otherwise: the ids are the same either way.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import logging
 import os
 import struct
 import tempfile
+import unicodedata
 import uuid
 from collections.abc import Iterable, Sequence
 from importlib import resources
@@ -200,6 +204,129 @@ def encode(text: str, allow_special: bool = False) -> list[int]:
 
 def decode(ids: Iterable[int]) -> str:
     return get_encoding().decode(list(ids))
+
+
+# -- fast batch encoding (quicktok) -------------------------------------------------------------
+# quicktok-v1, the package that bundles our vocab, also has a native cl100k_base encoder that is
+# several times faster than tiktoken on a batch. It is used only where it gives tiktoken's ids:
+#
+# - Once per process it must prove that its ranks are exactly the sha256-verified ranks above and
+#   that it encodes `_PROBES` exactly as tiktoken does. Otherwise every batch goes to tiktoken.
+# - Its Unicode tables are newer than tiktoken's. quicktok 0.4 knows Unicode 17's letters, and
+#   tiktoken 0.14's regex does not, so a character assigned in Unicode 17 (CJK Extension J, Tai
+#   Yo, Beria Erfe, ...) splits differently: "\U000323b0,s" is [\U000323b0][,s] for quicktok and
+#   [\U000323b0,][s] for tiktoken. A text holding any character that this Python's Unicode
+#   database leaves unassigned (or a lone surrogate, which quicktok refuses) is therefore
+#   encoded by tiktoken. Python 3.11 to 3.14 carry Unicode 14 to 16, no newer than tiktoken's.
+#   On a Python whose database already holds Unicode 17, the Unicode 17 probes below differ,
+#   and the fast path switches itself off.
+_PROBES = (
+    "",
+    "The quick brown fox jumps over the lazy dog. It's 3:45pm, isn't it? I'd've gone; THEY'LL say",
+    "12345678 and 3.14159 and 1,000,000 and 0x1F; ٣٤٥ ١٢٣٤ ⅷ ²³",
+    'def f(x):\n    if x:\n\t\treturn {"a": [1, 2]}  # tab\n    return None\n\n\nclass A:\n    pass\n',
+    r"\begin{align} \int_0^\infty e^{-x^2}\,dx &= \frac{\sqrt{\pi}}{2} \\ \sum_{n=1}^{N} n^2 \end{align}",
+    "   \n\n\t  x", "line   \nand more  ", "first\r\nsecond\r\n\r\n", "a\u00a0b\u3000c\u2009d\u2028e\u0085f ",
+    "Größenwahn, L'été ; Съешь же ещё; 我能吞下玻璃; ガラスを食べられます; 유리를 먹을 수 있어요",
+    "أنا قادر على أكل الزجاج; मैं काँच खा सकता हूँ; e\u0301 \ufeffbom 𝔘𝔫𝔦𝔠𝔬𝔡𝔢 ｆｕｌｌ",
+    "Family: 👨‍👩‍👧‍👦, flags 🇩🇪🇯🇵, skin tones 👍🏽, heart ❤️‍🔥, plain 😀😀😀",
+    "<|endoftext|>a<|im_start|>user<|im_sep|>x<|im_end|><|endofprompt|><|fim_prefix|><|dummy_3|>",
+    # One Unicode 17 letter of each block where quicktok 0.4 and tiktoken 0.14 disagree.
+    *(
+        chr(c) + ",s"
+        for c in (0x088F, 0x0C5C, 0x0CDC, 0xA7CE, 0x10940, 0x10EC5, 0x11DB0, 0x16EA0, 0x16FF2, 0x187F8,
+                  0x18D09, 0x18D80, 0x1E6C0, 0x2B73A, 0x2CEA2, 0x323B0)
+    ),
+    "a\ud800b",
+)
+_GUARD_CHUNK_CHARS = 1 << 22
+"""Characters per pass of the Unicode check: bounds its UTF-32 copy to 16 MiB."""
+
+
+def _unassigned_chars(texts: Sequence[str]) -> set[str]:
+    """The characters of `texts` that Python's Unicode database does not assign, and lone surrogates."""
+    import numpy as np
+
+    found: set[str] = set()
+
+    def scan(chunk: list[str]) -> None:
+        cps = np.frombuffer("".join(chunk).encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+        for c in np.unique(cps[cps > 0x7F]).tolist():
+            if unicodedata.category(chr(c)) in ("Cn", "Cs"):
+                found.add(chr(c))
+
+    chunk: list[str] = []
+    size = 0
+    for text in texts:
+        if not text.isascii():  # O(1) in CPython; ASCII is all assigned
+            chunk.append(text)
+            size += len(text)
+            if size >= _GUARD_CHUNK_CHARS:
+                scan(chunk)
+                chunk, size = [], 0
+    if chunk:
+        scan(chunk)
+    return found
+
+
+def _quicktok_batch(qt, texts: list[str]) -> list[list[int]]:
+    """quicktok's ordinary (special-token strings as text) ids of each text; texts that tiktoken
+    might split differently (see above) are encoded by tiktoken."""
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):  # quicktok would take bytes; tiktoken raises
+            raise TypeError(f"text {i} is a {type(text).__name__}, not a str")
+    odd = _unassigned_chars(texts)
+    slow = {i for i, t in enumerate(texts) if not t.isascii() and any(c in t for c in odd)} if odd else set()
+    fast = [i for i in range(len(texts)) if i not in slow]
+    out: list[list[int]] = [[] for _ in texts]
+    if fast:
+        tokens, offsets = qt.encode_batch([texts[i] for i in fast], threads=0, with_special=False)
+        bounds = offsets.tolist()
+        for i, start, end in zip(fast, bounds, bounds[1:]):
+            out[i] = tokens[start:end].tolist()
+    if slow:
+        slow_ids = sorted(slow)
+        for i, ids in zip(slow_ids, get_encoding().encode_ordinary_batch([texts[i] for i in slow_ids])):
+            out[i] = ids
+    return out
+
+
+@functools.cache
+def _quicktok():
+    """quicktok's cl100k_base encoder once it has proven to match tiktoken here, else None."""
+    try:
+        import quicktok
+    except ImportError:
+        log.info("quicktok is not installed: batches are encoded by tiktoken")
+        return None
+    try:
+        qt = quicktok.get_encoding("cl100k_base")
+        ranks = _ranks()  # sha256-verified
+        if len(qt.token_byte_values()) != len(ranks) or any(
+            qt.decode_single_token_bytes(rank) != token for token, rank in ranks.items()
+        ):
+            raise ValueError("its cl100k_base ranks are not the verified ones")
+        want = get_encoding().encode_ordinary_batch(list(_PROBES))
+        got = _quicktok_batch(qt, list(_PROBES))
+        differ = [p for p, a, b in zip(_PROBES, want, got) if a != b]
+        if differ:
+            raise ValueError(f"it encodes {len(differ)} probe texts unlike tiktoken, first {differ[0]!r}")
+    except Exception as e:  # noqa: BLE001 - any failure means: do not use it
+        log.warning("not using quicktok %s: %s; batches are encoded by tiktoken",
+                    getattr(quicktok, "__version__", "?"), e)
+        return None
+    return qt
+
+
+def encode_ordinary_batch(texts: Sequence[str]) -> list[list[int]]:
+    """Token ids of each text, special-token strings encoded as ordinary text: always exactly
+    `get_encoding().encode_ordinary_batch(texts)`, computed by quicktok where it is installed and
+    verified (see above), by tiktoken otherwise."""
+    texts = list(texts)
+    qt = _quicktok() if texts else None
+    if qt is None:
+        return get_encoding().encode_ordinary_batch(texts)
+    return _quicktok_batch(qt, texts)
 
 
 # -- ChatML -------------------------------------------------------------------------------------

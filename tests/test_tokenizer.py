@@ -1,5 +1,6 @@
 import hashlib
 import re
+import sys
 from importlib import resources
 from pathlib import Path
 
@@ -229,3 +230,137 @@ def test_invalid_messages_are_rejected(messages, match):
         tok.render_chat(messages)
     with pytest.raises(ValueError, match=match):
         tok.chat_text(messages)
+
+
+# -- fast batch encoding (quicktok) -------------------------------------------------------------
+SPECIAL_TEXTS = [
+    "",
+    "<|endoftext|>",
+    "a<|im_end|>b",
+    "<|im_start|>user<|im_sep|>Hi<|im_end|><|endoftext|> tail <|dummy_3|><|endofprompt|>",
+    "".join(tok.SPECIAL_TOKENS),
+]
+# Letters that Unicode 17 added, on which quicktok 0.4 (Unicode 17 tables) and tiktoken 0.14
+# (Unicode 16) split differently: "\U000323b0,s" is [\U000323b0][,s] for one, [\U000323b0,][s] for the other.
+UNICODE_17_LETTERS = "\u088f\u0c5c\ua7ce\U00010940\U00011db0\U00016ea0\U0001e6c0\U000323b0\U00033479"
+
+
+class _QuicktokSpy:
+    """Stands in for the verified quicktok encoder and records what it was asked to encode."""
+
+    def __init__(self, qt):
+        self.qt, self.texts = qt, []
+
+    def encode_batch(self, texts, **kwargs):
+        self.texts += texts
+        return self.qt.encode_batch(texts, **kwargs)
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    qt = tok._quicktok()
+    assert qt is not None, "quicktok-v1 is a dependency: the fast path must be active"
+    recorder = _QuicktokSpy(qt)
+    monkeypatch.setattr(tok, "_quicktok", lambda: recorder)
+    return recorder
+
+
+@pytest.fixture
+def reverify():
+    """Forget the once-per-process quicktok check before and after the test."""
+    tok._quicktok.cache_clear()
+    yield
+    tok._quicktok.cache_clear()
+
+
+def _extracted_pages() -> list[str]:
+    from phi4ray.data.extract import extract_text
+
+    if not SHARED_HTML.is_dir():
+        pytest.skip(f"{SHARED_HTML} is missing")
+    return [extract_text(p.read_text(encoding="utf-8")) for p in sorted(SHARED_HTML.glob("*/*.html"))]
+
+
+def test_fast_path_is_quicktok_and_gives_tiktoken_ids_on_mixed_corpus(spy):
+    texts = [*CORPUS.values(), *SPECIAL_TEXTS]
+    assert tok.encode_ordinary_batch(texts) == tok.get_encoding().encode_ordinary_batch(texts)
+    assert spy.texts == texts  # quicktok encoded every one of them: no tiktoken fallback
+    assert tok.encode_ordinary_batch([]) == []
+
+
+def test_fast_path_encodes_special_token_strings_as_text(spy):
+    enc = tok.get_encoding()
+    for text in SPECIAL_TEXTS:
+        [ids] = tok.encode_ordinary_batch([text])
+        assert ids == enc.encode_ordinary(text) == tok.encode(text)
+        assert all(i < 100256 for i in ids) and tok.decode(ids) == text
+    assert spy.texts == SPECIAL_TEXTS
+
+
+def test_fast_path_gives_tiktoken_ids_on_real_pages(spy):
+    pages = _extracted_pages() + _html_pages()
+    assert len(pages) >= 100 and sum(map(len, pages)) > 1_000_000
+    assert tok.encode_ordinary_batch(pages) == tok.get_encoding().encode_ordinary_batch(pages)
+    assert len(spy.texts) == len(pages)
+
+
+def test_fast_path_routes_characters_newer_than_pythons_unicode_to_tiktoken(spy):
+    enc = tok.get_encoding()
+    routed = [*(c + ",s" for c in UNICODE_17_LETTERS), f"x{UNICODE_17_LETTERS}.t y", "a\ud800b"]
+    texts = ["plain ascii", *routed, "日本語 ok"]
+    assert tok.encode_ordinary_batch(texts) == enc.encode_ordinary_batch(texts)
+    assert spy.texts == ["plain ascii", "日本語 ok"]
+    # The routing is needed: quicktok alone splits these letters unlike tiktoken.
+    raw, _ = spy.qt.encode_batch(["\U000323b0,s"])
+    assert raw.tolist() != enc.encode_ordinary("\U000323b0,s")
+
+
+def test_fast_path_matches_tiktoken_on_every_code_point():
+    import unicodedata
+
+    cps = [c for c in range(0x110000) if unicodedata.category(chr(c)) not in ("Cn", "Cs") and c < 0xF0000]
+    cps += [ord(c) for c in UNICODE_17_LETTERS]
+    # Each character where its class decides the split: as a letter before ",s" (",s" joins a
+    # letter; a symbol joins ","), as a digit before "12", and as a space before "x".
+    texts = ["{0},s {0}12 x{0}x".format(chr(c)) for c in cps]
+    fast, reference = tok.encode_ordinary_batch(texts), tok.get_encoding().encode_ordinary_batch(texts)
+    differ = [ascii(t) for t, a, b in zip(texts, fast, reference) if a != b]
+    assert not differ, f"{len(differ)} differ, e.g. {differ[:5]}"
+
+
+def test_fallback_when_quicktok_is_not_installed(monkeypatch, reverify):
+    texts = [*CORPUS.values(), *SPECIAL_TEXTS]
+    reference = tok.get_encoding().encode_ordinary_batch(texts)
+    monkeypatch.setitem(sys.modules, "quicktok", None)  # `import quicktok` raises ImportError
+    assert tok._quicktok() is None
+    assert tok.encode_ordinary_batch(texts) == reference
+
+
+def test_fallback_when_quicktok_vocab_is_not_the_verified_one(monkeypatch, reverify, caplog):
+    import quicktok
+
+    real = quicktok.get_encoding
+    monkeypatch.setattr(quicktok, "get_encoding", lambda name, data_dir="": real("o200k_base"))
+    texts = [*CORPUS.values(), *SPECIAL_TEXTS]
+    with caplog.at_level("WARNING", logger=tok.__name__):
+        assert tok.encode_ordinary_batch(texts) == tok.get_encoding().encode_ordinary_batch(texts)
+    assert tok._quicktok() is None
+    assert "ranks are not the verified ones" in caplog.text
+
+
+def test_probes_catch_quicktok_differing_from_tiktoken(monkeypatch, reverify, caplog):
+    # Without the routing of unassigned characters (surrogates still routed, as quicktok refuses
+    # them), the Unicode 17 probes differ: the once-per-process check refuses quicktok.
+    surrogates = {chr(c) for c in range(0xD800, 0xE000)}
+    monkeypatch.setattr(tok, "_unassigned_chars", lambda texts: surrogates & set("".join(texts)))
+    with caplog.at_level("WARNING", logger=tok.__name__):
+        assert tok._quicktok() is None
+    assert "probe texts unlike tiktoken" in caplog.text
+
+
+def test_fast_path_rejects_non_text_like_tiktoken(spy):
+    for bad in (b"bytes", None, 5):
+        with pytest.raises(TypeError):
+            tok.get_encoding().encode_ordinary_batch(["ok", bad])
+        with pytest.raises(TypeError):
+            tok.encode_ordinary_batch(["ok", bad])

@@ -54,7 +54,7 @@ PoolsOf = Callable[[str, int], list[str]]
 # -- per record -------------------------------------------------------------------------------
 def tokenize_docs(rows: list[dict]) -> tuple[list[dict], list[dict]]:
     """Text -> token ids. Rows without text are rejects (never silently dropped)."""
-    from phi4ray.tokenizer import get_encoding
+    from phi4ray.tokenizer import encode_ordinary_batch
 
     good, rejects = [], []
     for r in rows:
@@ -64,7 +64,7 @@ def tokenize_docs(rows: list[dict]) -> tuple[list[dict], list[dict]]:
             rejects.append(reject_row(r, STAGE, "tokenize", Reject("no_source")))
         else:
             good.append(r)
-    ids = get_encoding().encode_ordinary_batch([r["text"] for r in good]) if good else []
+    ids = encode_ordinary_batch([r["text"] for r in good]) if good else []
     return [{"id": r["id"], "source": r["source"], "ids": t, "n": len(t) + 1} for r, t in zip(good, ids)], rejects
 
 
