@@ -1,18 +1,27 @@
-"""The curation stage: raw files -> `curated/` (id, text, source, url, lang, lang_score, quality, meta).
+"""The curation stage: raw files -> `curated/` (id, text, source, url, lang, lang_score, quality, meta)
+and `seeds/` (passages for synthesis).
 
-    readers -> per-record and batch steps -> global exact dedup -> committed shards
+    readers -> per-record steps -> exact + near dedup -> quality -> committed shards -> seeds
 
 1. **extract** (`curate/extracted/extract-NNNNN`): input files are grouped `files_per_shard` at a
    time into units with stable names. Each unit reads its files, runs `curate_steps(cfg)`
-   (extract, langid, hash) and commits one shard of (curated columns + `hash`).
-2. **dedup ids** (`curate/dup_ids/part-00000`): a Ray Data groupby on `hash` over all extracted
-   shards lists every non-surviving id with its survivor; committed once.
-3. **filter** (`curated/part-NNNNN`): each extracted shard minus its duplicates, which go to
-   `rejects/curate/` as `exact_duplicate: of <survivor id>`.
+   (extract, corruption filters, language ID, decontamination, hash) and commits one shard of
+   (curated columns + `hash`).
+2. **dedup ids**, each committed once: `curate/dup_ids/` (exact: a groupby on `hash`) and
+   `curate/near_dup_ids/` (MinHash LSH, `minhash.near_duplicate_ids`), every non-surviving id
+   with its cluster's survivor (the smallest id).
+3. **quality models** (`curate/quality/`, when `quality.enabled`): an LLM grades a sample of
+   pages and passages through the Sampler; fastText page and passage classifiers are trained
+   on the grades (or on the shipped labeled set when the grades are too few to learn from).
+4. **filter** (`curated/part-NNNNN`): each extracted shard minus its duplicates
+   (`exact_duplicate` / `near_duplicate: of <survivor id>`) and, with quality on, minus pages
+   under the page threshold (`low_quality`); the rest carry their quality score.
+5. **seeds** (`seeds/part-NNNNN`, with quality on): kept pages split into passages, those over
+   the passage threshold kept as synthesis seeds.
 
 Every shard is committed atomically by `stage.run_shards`, so a killed run resumes where it
-stopped and produces the same bytes. Phase-1 and phase-2 shards have different names
-(`extract-*` vs `part-*`) so their reject shards sit side by side in `rejects/curate/`.
+stopped and produces the same bytes. Shards of different phases have different names, so
+their reject shards sit side by side in `rejects/curate/`.
 The unit plan is saved in `curate/plan.json`; a re-run over changed inputs is an error (use
 `force`), never a silent mix of old and new shards.
 """
@@ -47,6 +56,7 @@ STAGE = "curate"
 EXTRACTED = "curate/extracted"
 DUP_IDS = "curate/dup_ids"
 DUP_SHARD = "part-00000"
+NEAR_DUP_IDS = "curate/near_dup_ids"
 PLAN = "curate/plan.json"
 CURATED = "curated"
 QUALITY = "curate/quality"
@@ -204,10 +214,22 @@ def filter_unit(unit: dict, run_dir: RunDir, quality: Callable | None = None) ->
             filters=[("id", "in", ids)],
         )
         dups = dict(zip(t.column("id").to_pylist(), t.column("survivor").to_pylist()))
+    near: dict[str, str] = {}
+    if unit.get("near") and ids:
+        t = pq.read_table(
+            run_dir.shard_path(NEAR_DUP_IDS, DUP_SHARD),
+            filesystem=run_dir.fs,
+            columns=["id", "survivor"],
+            filters=[("id", "in", ids)],
+        )
+        near = dict(zip(t.column("id").to_pylist(), t.column("survivor").to_pylist()))
     kept, rejects = [], []
     for row in src.to_pylist():
         if row["id"] in dups:
             rejects.append(reject_row(row, STAGE, "dedup", Reject("exact_duplicate", f"of {dups[row['id']]}")))
+            continue
+        if row["id"] in near:
+            rejects.append(reject_row(row, STAGE, "near_dedup", Reject("near_duplicate", f"of {near[row['id']]}")))
             continue
         row.pop("hash")
         kept.append({**row, "quality": None})
@@ -310,8 +332,27 @@ def _run(cfg: CurateConfig, run_dir: RunDir) -> dict:
                 dups = duplicate_ids_table(run_dir.read_table(EXTRACTED, columns=["id", "hash"]))
             n_dups = dups.num_rows
             run_dir.commit_table(DUP_IDS, DUP_SHARD, dups, meta={"duplicates": n_dups})
+    n_near, near_stats = 0, {}
+    if cfg.minhash.enabled:
+        from phi4ray.data.minhash import near_duplicate_ids
+
+        if run_dir.has_shard(NEAR_DUP_IDS, DUP_SHARD):
+            near_stats = run_dir.shard_meta(NEAR_DUP_IDS, DUP_SHARD).get("stats", {})
+        else:
+            if c1.kept:
+                near = near_duplicate_ids(
+                    run_dir.read_dataset(EXTRACTED).select_columns(["id", "text"]), cfg.minhash,
+                    num_docs=c1.kept, stats=near_stats,
+                )
+            else:
+                from phi4ray.data.minhash import NEAR_DUP_SCHEMA
+
+                near = NEAR_DUP_SCHEMA.empty_table()
+            near_stats["near_duplicates"] = near.num_rows
+            run_dir.commit_table(NEAR_DUP_IDS, DUP_SHARD, near, meta={"stats": near_stats})
+        n_near = near_stats.get("near_duplicates", 0)
     t2 = time.time()
-    log.info("curate: exact dedup: %d duplicates (%.1fs)", n_dups, t2 - t1)
+    log.info("curate: dedup: %d exact and %d near duplicates (%.1fs)", n_dups, n_near, t2 - t1)
 
     quality_report, page_step = None, None
     if cfg.quality.enabled:
@@ -325,7 +366,9 @@ def _run(cfg: CurateConfig, run_dir: RunDir) -> dict:
     t_q = time.time()
 
     units2 = [
-        {"shard": "part-" + u["shard"].split("-", 1)[1], "src": u["shard"], "dedup": cfg.exact_dedup} for u in units
+        {"shard": "part-" + u["shard"].split("-", 1)[1], "src": u["shard"], "dedup": cfg.exact_dedup,
+         "near": cfg.minhash.enabled}
+        for u in units
     ]
     c2 = run_shards(
         run_dir, STAGE, CURATED, units2, partial(filter_unit, run_dir=run_dir, quality=page_step),
@@ -377,6 +420,8 @@ def _run(cfg: CurateConfig, run_dir: RunDir) -> dict:
         "docs_per_s": round(c1.read / max(t3 - t0, 1e-9), 2),
         "skipped_shards": c1.skipped_shards + c2.skipped_shards,
         "duplicates": n_dups,
+        "near_duplicates": n_near,
+        "minhash": near_stats,
     }
     run_dir.finish_stage(STAGE, counts=counts, metrics=metrics)
     log.info(
