@@ -247,6 +247,7 @@ def run_loop(spec: LoopSpec, ctx: Context) -> dict:
     )
 
     step, pos = 0, DataPosition()
+    resumed_from = 0
     resume = ctx.latest_checkpoint()
     if resume is not None:
         with resume as d:
@@ -254,6 +255,7 @@ def run_loop(spec: LoopSpec, ctx: Context) -> dict:
             with open(os.path.join(d, STATE_FILE)) as f:
                 state = json.load(f)
         step, pos = state["step"], DataPosition.from_dict(state["data"])
+        resumed_from = step
         if ctx.rank == 0:
             log.warning(
                 "%s: resumed at step %d (epoch %d, %d micro-batches into the epoch's plan for %d workers)",
@@ -303,7 +305,7 @@ def run_loop(spec: LoopSpec, ctx: Context) -> dict:
                 n = (step - 1) % spec.log_every + 1
                 last = {k: v / n for k, v in window.items()}
                 last.update(step=step, epoch=pos.epoch, lr=sched.get_last_lr()[0], tokens_per_s=tokens_per_s)
-                last.update(tokens=tokens_seen, seconds=time.time() - t_start)
+                last.update(tokens=tokens_seen, seconds=time.time() - t_start, resumed_from_step=resumed_from)
                 last["tflops_per_s"] = tokens_per_s * fpt / 1e12
                 if peak:
                     last["mfu"] = tokens_per_s * fpt / (peak * ctx.world_size)
