@@ -200,29 +200,24 @@ def extract_unit(unit: dict, cfg: CurateConfig, decontam: DecontamIndex | None =
 
 
 # -- phase 2: drop duplicates ----------------------------------------------------------------------
+def _survivors(run_dir: RunDir, table: str, ids: list[str]) -> dict[str, str]:
+    """{duplicate id: survivor id} for those of `ids` listed in a dup-ids table."""
+    if not ids:
+        return {}
+    t = pq.read_table(
+        run_dir.shard_path(table, DUP_SHARD), filesystem=run_dir.fs, columns=["id", "survivor"],
+        filters=[("id", "in", ids)],
+    )
+    return dict(zip(t.column("id").to_pylist(), t.column("survivor").to_pylist()))
+
+
 def filter_unit(unit: dict, run_dir: RunDir, quality: Callable | None = None) -> ShardResult:
     """Phase 3 for one extracted shard: drop the ids listed in `curate/dup_ids`, then (when the
     quality classifier is on) score each page and reject those below the page threshold."""
     src = pq.read_table(run_dir.shard_path(EXTRACTED, unit["src"]), filesystem=run_dir.fs)
     ids = src.column("id").to_pylist()
-    dups: dict[str, str] = {}
-    if unit["dedup"] and ids:
-        t = pq.read_table(
-            run_dir.shard_path(DUP_IDS, DUP_SHARD),
-            filesystem=run_dir.fs,
-            columns=["id", "survivor"],
-            filters=[("id", "in", ids)],
-        )
-        dups = dict(zip(t.column("id").to_pylist(), t.column("survivor").to_pylist()))
-    near: dict[str, str] = {}
-    if unit.get("near") and ids:
-        t = pq.read_table(
-            run_dir.shard_path(NEAR_DUP_IDS, DUP_SHARD),
-            filesystem=run_dir.fs,
-            columns=["id", "survivor"],
-            filters=[("id", "in", ids)],
-        )
-        near = dict(zip(t.column("id").to_pylist(), t.column("survivor").to_pylist()))
+    dups = _survivors(run_dir, DUP_IDS, ids) if unit["dedup"] else {}
+    near = _survivors(run_dir, NEAR_DUP_IDS, ids) if unit.get("near") else {}
     kept, rejects = [], []
     for row in src.to_pylist():
         if row["id"] in dups:
