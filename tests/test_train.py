@@ -71,6 +71,7 @@ def test_local_loop_learns_a_fixed_sequence_and_exports_an_hf_checkpoint(tmp_pat
     assert [h["step"] for h in history] == list(range(1, 25))
     assert [h["epoch"] for h in history][::4] == [0, 1, 2, 3, 4, 5]  # 4 steps of 8 rows per epoch
     assert history[0]["loss"] > 9.0 and last["loss"] < 1.0, [h["loss"] for h in history]
+    assert all(h["grad_norm"] > 0 for h in history) and history[0]["grad_norm"] > last["grad_norm"]
     model = load_model(str(tmp_path / "run" / "checkpoints/pretrain/hf"))
     with torch.no_grad():
         pred = model(input_ids=torch.tensor([row[:-1]])).logits.argmax(-1)[0].tolist()

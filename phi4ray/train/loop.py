@@ -182,6 +182,28 @@ class LocalContext(Context):
         return contextlib.nullcontext(os.path.join(self.ckpt_root, steps[-1])) if steps else None
 
 
+# -- dashboard --------------------------------------------------------------------------------
+_GAUGES: dict[str, Any] = {}
+DASHBOARD_METRICS = ("loss", "lr", "grad_norm", "tokens_per_s", "tflops_per_s", "mfu", "rewards/margins", "rewards/accuracy")
+
+
+def publish(stage: str, metrics: dict) -> None:
+    """Set `phi4ray_train_<name>` gauges (tagged by stage) on the Ray dashboard. No-op outside Ray."""
+    try:
+        import ray
+        from ray.util.metrics import Gauge
+
+        if not ray.is_initialized():
+            return
+        for name in DASHBOARD_METRICS:
+            if name in metrics:
+                key = "phi4ray_train_" + name.replace("/", "_")
+                g = _GAUGES.get(key) or _GAUGES.setdefault(key, Gauge(key, description=f"{name} of the training loop", tag_keys=("stage",)))
+                g.set(float(metrics[name]), tags={"stage": stage})
+    except Exception as e:  # metrics must never break training
+        log.debug("metrics unavailable: %s", e)
+
+
 # -- model set-up -----------------------------------------------------------------------------
 def _load_policy(spec: LoopSpec, cfg: TrainConfig):
     from phi4ray.model import build_model, load_model, set_rope_theta
@@ -298,6 +320,9 @@ def run_loop(spec: LoopSpec, ctx: Context) -> dict:
             if not boundary:
                 continue
             step += 1
+            grad_norm = engine.get_global_grad_norm()
+            if grad_norm is not None:
+                window["grad_norm"] = window.get("grad_norm", 0.0) + float(grad_norm)
             logged = step % spec.log_every == 0 or step == spec.total_steps
             if logged:
                 dt = max(time.time() - t_window, 1e-9)
@@ -310,6 +335,7 @@ def run_loop(spec: LoopSpec, ctx: Context) -> dict:
                 if peak:
                     last["mfu"] = tokens_per_s * fpt / (peak * ctx.world_size)
                 if ctx.rank == 0:
+                    publish(spec.stage, last)
                     log.warning(
                         "%s step %d/%d loss %.4f lr %.2e %.0f tok/s",
                         spec.stage, step, spec.total_steps, last["loss"], last["lr"], tokens_per_s,

@@ -103,7 +103,7 @@ def run_train(stage: str, recipe: Recipe, run_dir: RunDir, force: bool = False) 
         run_dir.fail_stage(stage, f"{type(e).__name__}: {e}")
         raise
     m = dict(result.metrics or {})
-    keep = ("loss", "tokens_per_s", "tflops_per_s", "mfu", "tokens", "seconds", "lr", "resumed_from_step",
+    keep = ("loss", "grad_norm", "tokens_per_s", "tflops_per_s", "mfu", "tokens", "seconds", "lr", "resumed_from_step",
             "rewards/margins", "rewards/accuracy", "logps/chosen", "logps/rejected")
     return run_dir.finish_stage(
         stage,
