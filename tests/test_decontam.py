@@ -20,7 +20,7 @@ from phi4ray.data.decontam import DecontamIndex
 from phi4ray.data.extract import extract_text
 from phi4ray.stage import Reject, apply_steps
 
-SHARED_HTML = Path(__file__).resolve().parents[2] / "shared" / "data" / "html"
+from realpages import shared_pages
 NAMES = "Natalia Weng Betty Julie James Albert Ken Alexis Tina Randy Joy Mark".split()
 THINGS = "apples clips marbles stickers cookies pencils shells stamps".split()
 STRETCH = "at the big grocery store near the old train station on the corner of the main street"
@@ -151,8 +151,7 @@ def test_user_allow_list(tmp_path, eval_dir):
 
 
 def test_real_pages_are_not_flagged_unless_an_eval_item_quotes_them(cfg, index, tmp_path):
-    pages = sorted(SHARED_HTML.glob("*/*.html"))
-    assert len(pages) >= 190
+    pages = shared_pages()
     records = [{"id": p.name, "text": extract_text(p.read_text(encoding="utf-8"))} for p in pages]
     kept, rejects = apply_steps(records, [("decontam", index.check)], "curate")
     assert [r["reason"] for r in rejects] == [] and len(kept) == len(pages)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import random
-from pathlib import Path
 
 import ftfy.badness
 import pytest
@@ -16,7 +15,7 @@ from phi4ray.data import filters
 from phi4ray.data.extract import extract_text
 from phi4ray.stage import Reject, apply_steps
 
-SHARED_HTML = Path(__file__).resolve().parents[2] / "shared" / "data" / "html"
+from realpages import shared_pages
 
 FRENCH = (
     "L'été dernier, nous sommes allés à la plage près de Nîmes. Les enfants ont mangé des crêpes "
@@ -40,8 +39,7 @@ CLEAN_MULTILINGUAL = [
 
 @pytest.fixture(scope="module")
 def real_pages() -> list[tuple[str, str]]:
-    paths = sorted(SHARED_HTML.glob("*/*.html"))
-    assert len(paths) >= 190, f"expected the ~200 real pages under {SHARED_HTML}"
+    paths = shared_pages()
     return [(p.name, extract_text(p.read_text(encoding="utf-8"))) for p in paths]
 
 

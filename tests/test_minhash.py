@@ -1,7 +1,6 @@
 """Near-duplicate removal (phi4ray/data/minhash.py): pure functions, then the Ray Data stage on
 a corpus of real documentation paragraphs with planted near duplicates."""
 
-import glob
 import json
 import os
 import random
@@ -16,7 +15,7 @@ import pytest
 from phi4ray.config import MinHashConfig
 from phi4ray.data import minhash as M
 
-HTML = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "html", "python-docs")
+from realpages import shared_pages
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -168,7 +167,7 @@ def _paragraphs() -> list[list[str]]:
     from phi4ray.data.extract import extract_text
 
     pages = []
-    for path in sorted(glob.glob(os.path.join(HTML, "*.html")))[:60]:
+    for path in shared_pages("python-docs/*.html", at_least=60)[:60]:
         with open(path, encoding="utf-8", errors="replace") as f:
             text = extract_text(f.read())
         paras = [p for p in text.split("\n\n") if len(p.split()) >= 8]
