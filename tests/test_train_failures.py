@@ -1,5 +1,6 @@
-"""A Ray Train worker killed with SIGKILL mid-run: the run resumes from its last checkpoint
-(DeepSpeed state and data position) and ends where an uninterrupted run ends."""
+"""Ray Train + DeepSpeed on 2 CPU workers: a worker killed with SIGKILL mid-run resumes from its
+last checkpoint (DeepSpeed state and data position) and ends where an uninterrupted run ends;
+ZeRO stages 1 and 3 learn and export checkpoints that plain transformers loads."""
 
 import os
 import signal
@@ -78,3 +79,28 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint_and_ends_like_an_unint
     # and it trained: from ln(100352) = 11.5 at the start to near ln(300) = 5.7, the entropy of
     # the rows' uniform tokens
     assert resumed["metrics"]["loss"] < 7.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", [1, 3])  # ZeRO-2, the recipes' default, trains in the test above and in test_train.py
+def test_each_zero_stage_learns_a_fixed_batch_on_two_workers_and_exports_for_transformers(ray_local, tmp_path, stage):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    row = [100, 200, 300, 400, 500, 600, 700, 800, 900]
+    rd = RunDir(tmp_path / "run")
+    rd.commit_table("tokens/pretrain", "part-00000", pa.table({
+        "input_ids": pa.array([row] * 32, pa.list_(pa.int32())),
+        "loss_mask": pa.array([[1] * len(row)] * 32, pa.list_(pa.int8())),
+    }))
+    recipe = Recipe(model={"preset": "micro"}, pretrain=TrainConfig(
+        num_workers=2, cpus_per_worker=0.5, zero_stage=stage, micro_batch_size=4, global_batch_size=8,
+        lr=3e-2, warmup_steps=0, epochs=6,
+    ))
+    entry = run_train("pretrain", recipe, rd)
+    assert entry["status"] == "complete" and entry["counts"]["steps"] == 24
+    assert entry["metrics"]["loss"] < 1.0  # from ln(100352) = 11.5
+    model = AutoModelForCausalLM.from_pretrained(rd.path("checkpoints/pretrain/hf"))  # plain transformers
+    with torch.no_grad():
+        pred = model(input_ids=torch.tensor([row[:-1]])).logits.argmax(-1)[0].tolist()
+    assert pred == row[1:]
