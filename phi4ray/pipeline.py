@@ -150,7 +150,11 @@ def _fmt(v) -> str:
 def _row(stage: str, e: dict) -> dict:
     c, m = e.get("counts", {}), e.get("metrics", {})
     if stage == "curate":
-        rows_in, rows_out, key = c.get("read"), c.get("kept"), f"rejected {c.get('rejected')}"
+        rows_in, rows_out = c.get("read"), c.get("kept")
+        top = sorted(c.get("rejects", {}).items(), key=lambda kv: -kv[1])[:3]
+        key = f"rejected {c.get('rejected')} ({', '.join(f'{k} {v}' for k, v in top) or 'none'})"
+        if "seeds" in c:
+            key += f", {c['seeds']['seeds']} seeds"
     elif stage == "synth":
         rows_in = c.get("rewrite_seeds", 0)
         rows_out = c.get("arithmetic_rows", 0) + c.get("rewrite_kept", 0)
@@ -158,7 +162,9 @@ def _row(stage: str, e: dict) -> dict:
     elif stage == "tokenize":
         rows_in, rows_out = c.get("docs_read"), f"{c.get('pretrain_rows')}+{c.get('sft_rows')} sft"
         waste = m.get("pretrain_packing", {}).get("waste", 0)
-        key = f"{c.get('pretrain_tokens')} tokens, sft pad waste {_fmt(m.get('sft_packing', {}).get('waste', 0))}, pretrain waste {_fmt(waste)}"
+        mix = ", ".join(f"{s} {_fmt(v['realised_fraction'])}" for s, v in m.get("mixture", {}).items())
+        key = (f"{c.get('pretrain_tokens')} tokens ({mix}), pretrain waste {_fmt(waste)}, "
+               f"sft pad waste {_fmt(m.get('sft_packing', {}).get('waste', 0))}")
     elif e.get("status") == "skipped":
         rows_in, rows_out, key = c.get("rows", 0), "-", e.get("reason", "")
     elif stage in ("pretrain", "midtrain", "sft", "dpo"):
