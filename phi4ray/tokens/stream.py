@@ -179,8 +179,9 @@ def rank_dataset(rows: TableRows, intervals: list[Interval], columns: list[str] 
     import ray.data
 
     pieces = slices(intervals, rows.shard_rows)
-    ctx = ray.data.DataContext.get_current()
+    ctx = ray.data.DataContext.get_current()  # this worker's own context
     ctx.execution_options.preserve_order = True
+    ctx.enable_progress_bars = False  # one bar per worker per epoch would bury the training log
     items = [{"shard": p.shard, "start": p.start, "stop": p.stop} for p in pieces]
     uri, table = rows.run_dir, rows.table
 
