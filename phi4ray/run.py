@@ -7,6 +7,7 @@ if and only if the shard is whole, so a re-run skips exactly the committed shard
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -238,6 +239,15 @@ class RunDir:
 
     def fail_stage(self, stage: str, error: str) -> None:
         self.update_stage(stage, status="failed", error=error)
+
+    @contextlib.contextmanager
+    def failure_recorded(self, stage: str):
+        """Whatever escapes the block (an error, Ctrl-C) marks `stage` failed, then propagates."""
+        try:
+            yield
+        except BaseException as e:
+            self.fail_stage(stage, f"{type(e).__name__}: {e}")
+            raise
 
     # -- local copies of folders (HF checkpoints) -------------------------------------------
     def upload_dir(self, local_dir: str, rel: str) -> None:

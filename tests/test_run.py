@@ -182,6 +182,17 @@ def test_begin_stage_resumes_a_running_or_failed_stage(rd):
     assert rd.has_shard("synthetic", "s0")
 
 
+def test_an_error_in_a_stage_body_is_recorded_and_propagates(rd):
+    import pytest
+
+    rd.begin_stage("tokenize", "h1", outputs=["tokens"])
+    with pytest.raises(KeyError):
+        with rd.failure_recorded("tokenize"):
+            raise KeyError("no_text")
+    entry = rd.stage_entry("tokenize")
+    assert entry["status"] == "failed" and entry["error"] == "KeyError: 'no_text'"
+
+
 def test_begin_stage_with_a_different_config_is_an_error_naming_force(rd):
     rd.begin_stage("curate", "h1", outputs=["curated", "rejects/curate"])
     rd.commit_table("curated", "s0", _table(2))

@@ -291,11 +291,8 @@ def run_curate(cfg: CurateConfig, run_dir: RunDir, force: bool = False) -> dict:
         entry = run_dir.stage_entry(STAGE)
         log.info("curate: already complete in %s (config %s); skipping", run_dir.uri, chash)
         return entry["counts"]
-    try:
+    with run_dir.failure_recorded(STAGE):
         return _run(cfg, run_dir)
-    except BaseException as e:
-        run_dir.fail_stage(STAGE, f"{type(e).__name__}: {e}")
-        raise
 
 
 def _run(cfg: CurateConfig, run_dir: RunDir) -> dict:

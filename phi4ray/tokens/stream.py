@@ -185,7 +185,7 @@ def rank_dataset(rows: TableRows, intervals: list[Interval], columns: list[str] 
     items = [{"shard": p.shard, "start": p.start, "stop": p.stop} for p in pieces]
     uri, table = rows.run_dir, rows.table
 
-    def read(batch: dict) -> "pa.Table":  # noqa: F821
+    def read(batch: dict):
         import pyarrow as pa
 
         parts = [

@@ -33,7 +33,7 @@ from phi4ray.run import RunDir, config_hash
 from phi4ray.stage import Reject, ShardResult, StageCounts, commit_shard, reject_row, run_shards
 from phi4ray.tokens import mixture
 from phi4ray.tokens.dpo import DPO_SCHEMA, read_pairs_file, tokenize_pair
-from phi4ray.tokens.pack import PackStats, pack_examples, pack_stream_arrays
+from phi4ray.tokens.pack import pack_examples, pack_stream_arrays
 
 log = logging.getLogger(__name__)
 STAGE = "tokenize"
@@ -213,11 +213,8 @@ def run_tokenize(cfg: TokenizeConfig, run_dir: RunDir, force: bool = False) -> d
     if not run_dir.begin_stage(STAGE, h, outputs=["tokens", f"rejects/{STAGE}"], force=force):
         log.warning("tokenize: already complete in %s; skipping", run_dir.uri)
         return run_dir.stage_entry(STAGE)
-    try:
+    with run_dir.failure_recorded(STAGE):
         return _run(cfg, run_dir)
-    except BaseException as e:
-        run_dir.fail_stage(STAGE, f"{type(e).__name__}: {e}")
-        raise
 
 
 def _run(cfg: TokenizeConfig, run_dir: RunDir) -> dict:

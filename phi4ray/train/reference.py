@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-import pyarrow as pa
 import torch
 
 from phi4ray.run import RunDir
