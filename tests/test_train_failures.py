@@ -53,11 +53,13 @@ def _kill_a_worker_after_a_checkpoint(ckpt_root: str, killed: list, stop: thread
         time.sleep(0.2)
 
 
-@pytest.mark.slow
-def test_a_killed_worker_resumes_from_the_last_checkpoint_and_ends_like_an_uninterrupted_run(ray_local, tmp_path):
-    clean = run_train("pretrain", _recipe(), _run_dir(tmp_path / "clean"))
+@pytest.fixture(scope="module")
+def clean(ray_local, tmp_path_factory):
+    """The uninterrupted 2-worker run that interrupted runs are compared with."""
+    return run_train("pretrain", _recipe(), _run_dir(tmp_path_factory.mktemp("clean")))
 
-    rd = _run_dir(tmp_path / "killed")
+
+def _run_killing_a_worker(rd: RunDir, recipe: Recipe) -> tuple[dict | None, BaseException | None, list[int]]:
     killed: list[int] = []
     stop = threading.Event()
     watcher = threading.Thread(
@@ -65,10 +67,19 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint_and_ends_like_an_unint
     )
     watcher.start()
     try:
-        resumed = run_train("pretrain", _recipe(), rd)
+        return run_train("pretrain", recipe, rd), None, killed
+    except Exception as e:  # noqa: BLE001 - the caller asserts on it
+        return None, e, killed
     finally:
         stop.set()
         watcher.join()
+
+
+@pytest.mark.slow
+def test_a_killed_worker_resumes_from_the_last_checkpoint_and_ends_like_an_uninterrupted_run(clean, tmp_path):
+
+    resumed, error, killed = _run_killing_a_worker(_run_dir(tmp_path / "killed"), _recipe())
+    assert error is None, error
     assert killed, "no worker was killed: the run ended before its first checkpoint"
     assert clean["metrics"]["resumed_from_step"] == 0
     assert resumed["metrics"]["resumed_from_step"] in (4, 8, 12, 16)  # restarted from a checkpoint, not from scratch
@@ -78,6 +89,29 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint_and_ends_like_an_unint
     assert resumed["metrics"]["loss"] == pytest.approx(clean["metrics"]["loss"], rel=1e-3)
     # and it trained: from ln(100352) = 11.5 at the start to near ln(300) = 5.7, the entropy of
     # the rows' uniform tokens
+    assert resumed["metrics"]["loss"] < 7.0
+
+
+@pytest.mark.slow
+def test_a_run_stopped_on_two_workers_resumes_on_one_through_a_universal_checkpoint(clean, tmp_path):
+    rd = _run_dir(tmp_path / "shrunk")
+    recipe = _recipe()
+    recipe.pretrain.max_failures = 0  # the kill ends the run, as losing a node without spare capacity would
+    stopped, error, killed = _run_killing_a_worker(rd, recipe)
+    assert killed and stopped is None and error is not None
+    assert rd.stage_entry("pretrain")["status"] == "failed"
+
+    recipe.pretrain.num_workers = 1  # the same run, continued on what is left
+    recipe.pretrain.cpus_per_worker = 1
+    resumed = run_train("pretrain", recipe, rd)
+    assert resumed["status"] == "complete" and resumed["counts"]["steps"] == clean["counts"]["steps"] == 20
+    step = resumed["metrics"]["resumed_from_step"]
+    assert step in (4, 8, 12, 16)
+    assert rd.exists(f"checkpoints/pretrain/universal/step_{step:08d}/ds/zero")  # converted once, kept in the run dir
+    # One worker accumulates 4 micro-batches where two accumulated 2 each: the same global batches
+    # (the data position re-plans the rest of the epoch for the new world size), summed in another
+    # order, so the loss continues the run up to float32 reordering and the re-planned row order.
+    assert resumed["metrics"]["loss"] == pytest.approx(clean["metrics"]["loss"], rel=0.05)
     assert resumed["metrics"]["loss"] < 7.0
 
 

@@ -7,6 +7,7 @@ It runs under Ray Train (`ray_worker_loop`, one call per worker) or without Ray 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -52,6 +53,8 @@ class LoopSpec:
     log_every: int = 10
     table: str = ""
     """The run-dir table of rows this stage trains on (`tokens/pretrain`, `pts/pairs`, ...)."""
+    final_checkpoint: bool = True
+    """Benchmarks turn off the last checkpoint; with `export_rel` empty they also skip the export."""
 
     @property
     def cfg(self) -> TrainConfig:
@@ -264,25 +267,31 @@ def run_loop(spec: LoopSpec, ctx: Context) -> dict:
     sched = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_at(s, 1.0, spec.total_steps, cfg.warmup_steps, cfg.min_lr_ratio)
     )
-    engine, _, _, _ = deepspeed.initialize(
-        model=module, optimizer=optimizer, lr_scheduler=sched, config=ds_config(cfg, ctx.world_size, bf16=use_cuda)
-    )
-
     step, pos = 0, DataPosition()
     resumed_from = 0
-    resume = ctx.latest_checkpoint()
-    if resume is not None:
-        with resume as d:
-            engine.load_checkpoint(d, tag=DS_TAG)
-            with open(os.path.join(d, STATE_FILE)) as f:
+    with contextlib.ExitStack() as stack:
+        resume = ctx.latest_checkpoint()
+        state, load_dir = None, None
+        if resume is not None:
+            load_dir = stack.enter_context(resume)
+            with open(os.path.join(load_dir, STATE_FILE)) as f:
                 state = json.load(f)
-        step, pos = state["step"], DataPosition.from_dict(state["data"])
-        resumed_from = step
-        if ctx.rank == 0:
-            log.warning(
-                "%s: resumed at step %d (epoch %d, %d micro-batches into the epoch's plan for %d workers)",
-                spec.stage, step, pos.epoch, pos.consumed, pos.world,
-            )
+        ds = ds_config(cfg, ctx.world_size, bf16=use_cuda)
+        if state is not None and _saved_world(state) != ctx.world_size:
+            # ZeRO partitions optimizer state by world size; a universal checkpoint holds it per
+            # parameter, so any world size can load it.
+            load_dir = _universal_checkpoint(load_dir, spec, ctx, state)
+            ds["checkpoint"] = {"load_universal": True}
+        engine, _, _, _ = deepspeed.initialize(model=module, optimizer=optimizer, lr_scheduler=sched, config=ds)
+        if state is not None:
+            engine.load_checkpoint(load_dir, tag=DS_TAG)
+            step, pos = state["step"], DataPosition.from_dict(state["data"])
+            resumed_from = step
+            if ctx.rank == 0:
+                log.warning(
+                    "%s: resumed at step %d (epoch %d, %d micro-batches into the epoch's plan for %d workers) on %d workers",
+                    spec.stage, step, pos.epoch, pos.consumed, pos.world, ctx.world_size,
+                )
 
     fpt = flops_per_token(policy.config, cfg.seq_len or 1024)
     peak = _peak_flops(device)
@@ -296,7 +305,8 @@ def run_loop(spec: LoopSpec, ctx: Context) -> dict:
             engine.save_checkpoint(d, tag=DS_TAG)
             if ctx.rank == 0:
                 with open(os.path.join(d, STATE_FILE), "w") as f:
-                    json.dump({"step": step, "epoch": pos.epoch, "data": pos.to_dict()}, f)
+                    json.dump({"step": step, "epoch": pos.epoch, "data": pos.to_dict(), "world_size": ctx.world_size,
+                               "zero_stage": cfg.zero_stage}, f)
             ctx.report(metrics, d)
 
     micro = cfg.micro_batch_size
@@ -341,7 +351,7 @@ def run_loop(spec: LoopSpec, ctx: Context) -> dict:
                         spec.stage, step, spec.total_steps, last["loss"], last["lr"], tokens_per_s,
                     )
                 window, t_window, tok_window = {}, time.time(), 0
-            if step == spec.total_steps or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
+            if (step == spec.total_steps and spec.final_checkpoint) or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
                 checkpoint(last if logged else {"step": step, "epoch": pos.epoch})
             elif logged:
                 ctx.report(last, None)
@@ -355,8 +365,48 @@ def run_loop(spec: LoopSpec, ctx: Context) -> dict:
         if step < spec.total_steps:
             pos = pos.next_epoch()
 
-    _export(policy, cfg, spec, ctx.rank)
+    if spec.export_rel:
+        _export(policy, cfg, spec, ctx.rank)
     return last
+
+
+def _saved_world(state: dict) -> int:
+    return int(state.get("world_size") or state["data"]["world"])
+
+
+def _universal_checkpoint(src: str, spec: LoopSpec, ctx: Context, state: dict) -> str:
+    """The checkpoint in `src`, converted once by rank 0 into DeepSpeed's universal format and
+    stored in the run directory (`checkpoints/<stage>/universal/step_N/ds`), where every rank
+    reads it. Returns the local folder that holds `ds`."""
+    import argparse
+    import io
+
+    import torch.distributed as dist
+    from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal
+
+    from phi4ray.run import RunDir
+
+    rd = RunDir(spec.run_dir)
+    rel = f"checkpoints/{spec.stage}/universal/step_{state['step']:08d}"
+    if ctx.rank == 0 and not rd.exists(rel, "DONE"):
+        log.warning(
+            "%s: the step-%d checkpoint was written by %d workers and this run has %d: converting it to a "
+            "universal checkpoint in %s", spec.stage, state["step"], _saved_world(state), ctx.world_size, rd.uri_of(rel),
+        )
+        with tempfile.TemporaryDirectory() as tmp:
+            out = os.path.join(tmp, DS_TAG)
+            args = argparse.Namespace(
+                input_folder=os.path.join(src, DS_TAG), output_folder=out, num_extract_workers=1, num_merge_workers=1,
+                keep_temp_folder=False, strict=True, inject_missing_state=True,
+            )
+            with contextlib.redirect_stdout(io.StringIO()):  # it prints a line per step and a progress bar
+                ds_to_universal(args)
+            with open(os.path.join(tmp, "DONE"), "w") as f:
+                f.write(str(state["step"]))
+            rd.upload_dir(tmp, rel)
+    if dist.is_initialized():
+        dist.barrier()
+    return rd.local_dir(rel)
 
 
 def _export(policy, cfg: TrainConfig, spec: LoopSpec, rank: int) -> None:

@@ -13,6 +13,7 @@ from phi4ray.train.loop import LoopSpec, ray_worker_loop, steps_for
 log = logging.getLogger(__name__)
 
 STAGES = ("pretrain", "midtrain", "sft", "dpo")
+SCALING_FIELDS = ("num_workers", "cpus_per_worker", "max_failures", "checkpoint_every")
 
 
 def input_table(stage: str, cfg: TrainConfig) -> str:
@@ -36,7 +37,9 @@ def run_train(stage: str, recipe: Recipe, run_dir: RunDir, force: bool = False) 
     if cfg is None:
         raise ValueError(f"recipe '{recipe.name}' has no '{stage}' section")
     table = input_table(stage, cfg)
-    h = config_hash({"train": cfg, "model": recipe.model, "table": table})
+    # How many workers run it, on how many CPUs, and how often they checkpoint do not change
+    # what is trained, so a stopped run can resume with a different number of workers.
+    h = config_hash({"train": cfg.model_dump(mode="json", exclude=set(SCALING_FIELDS)), "model": recipe.model, "table": table})
     if not run_dir.begin_stage(stage, h, outputs=[f"checkpoints/{stage}"], force=force):
         log.warning("%s: already complete in %s; skipping", stage, run_dir.uri)
         return run_dir.stage_entry(stage)
