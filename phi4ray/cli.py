@@ -64,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate training stages' checkpoints into eval/<stage>.json", epilog=EPILOG)
     _common(p)
     p.add_argument("--stage", action="append", help="training stage to evaluate (repeatable; default: eval.stages)")
+
+    p = sub.add_parser("sandbox", help="run a Python file (and its tests) in the code sandbox; print the result as JSON")
+    p.add_argument("file", help="Python file to run; exit status 0 only when the result is `passed`")
+    p.add_argument("--tests", help="Python file run after FILE in its namespace (asserts, test_* functions)")
+    p.add_argument("--timeout", type=float, help="wall-clock seconds (default 10)")
+    p.add_argument("--memory-mb", type=int, help="address space per process, MB (default 256)")
     return parser
 
 
@@ -152,6 +158,10 @@ def _pts(args, recipe, run_dir) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "sandbox":  # no recipe or run directory
+        from phi4ray.synth.sandbox import cli_main
+
+        return cli_main(args)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         recipe = load_recipe(args.recipe, args.overrides)
