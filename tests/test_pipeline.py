@@ -49,22 +49,30 @@ def test_cli_unknown_recipe_lists_the_shipped_ones(tmp_path):
 
 @pytest.mark.slow
 def test_smoke_recipe_runs_every_stage_end_to_end(ray_local, tmp_path):
+    from transformers import AutoModelForCausalLM
+
     run_dir = RunDir(tmp_path / "run")
     recipe = load_recipe("smoke", [f"serve.port={_free_port()}"])
     rows = run_recipe(recipe, run_dir)
     by_stage = {r["stage"]: r for r in rows}
-    assert list(by_stage) == ["curate", "synth", "tokenize", "pretrain", "sft", "pts", "dpo", "eval"]
+    assert list(by_stage) == ["curate", "synth", "tokenize", "pretrain", "midtrain", "sft", "pts", "dpo", "eval"]
     stages = run_dir.manifest()["stages"]
-    for s in ("curate", "synth", "tokenize", "pretrain", "sft", "pts", "eval"):
+    for s in ("curate", "synth", "tokenize", "pretrain", "midtrain", "sft", "pts", "eval"):
         assert stages[s]["status"] == "complete", (s, stages[s])
     # the random micro model rarely yields pivots; DPO then says so instead of failing
     assert stages["dpo"]["status"] in ("complete", "skipped")
     assert stages["curate"]["counts"]["read"] == stages["curate"]["counts"]["kept"] + stages["curate"]["counts"]["rejected"]
-    for rel in ("curated", "synthetic", "questions", "tokens/pretrain", "tokens/sft"):
+    for rel in ("curated", "synthetic", "questions", "tokens/pretrain", "tokens/midtrain", "tokens/sft"):
         assert run_dir.shards(rel), rel
-    for stage in ("pretrain", "sft"):
-        assert run_dir.exists(f"checkpoints/{stage}/hf", "config.json")
-        assert run_dir.exists(f"checkpoints/{stage}/hf", "tokenizer.json")
+    exported = ["pretrain", "midtrain", "sft"] + (["dpo"] if stages["dpo"]["status"] == "complete" else [])
+    for stage in exported:  # each training stage ends with an export that plain transformers loads
+        hf = run_dir.path(f"checkpoints/{stage}/hf")
+        assert os.path.isfile(os.path.join(hf, "tokenizer.json"))
+        model = AutoModelForCausalLM.from_pretrained(hf)
+        assert model.config.vocab_size == 100352
+    mid = AutoModelForCausalLM.from_pretrained(run_dir.path("checkpoints/midtrain/hf")).config
+    assert mid.max_position_embeddings >= 512 and mid.rope_parameters["rope_theta"] == 250000.0
+    assert AutoModelForCausalLM.from_pretrained(run_dir.path("checkpoints/sft/hf")).config.rope_parameters["rope_theta"] == 250000.0
     assert run_dir.exists("pts", "questions.jsonl")
     report = run_dir.read_json("eval/sft.json")
     assert report["n"] == 16 and 0.0 <= report["accuracy"] <= 1.0

@@ -347,8 +347,9 @@ def run_loop(spec: LoopSpec, ctx: Context) -> dict:
                 if ctx.rank == 0:
                     publish(spec.stage, last)
                     log.warning(
-                        "%s step %d/%d loss %.4f lr %.2e %.0f tok/s",
-                        spec.stage, step, spec.total_steps, last["loss"], last["lr"], tokens_per_s,
+                        "%s step %d/%d loss %.4f lr %.2e grad_norm %.3g %.0f tok/s %.2f TFLOP/s%s",
+                        spec.stage, step, spec.total_steps, last["loss"], last["lr"], last.get("grad_norm", float("nan")),
+                        tokens_per_s, last["tflops_per_s"], f" MFU {last['mfu']:.1%}" if "mfu" in last else "",
                     )
                 window, t_window, tok_window = {}, time.time(), 0
             if (step == spec.total_steps and spec.final_checkpoint) or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):

@@ -13,7 +13,7 @@ from phi4ray.train.loop import LoopSpec, ray_worker_loop, steps_for
 log = logging.getLogger(__name__)
 
 STAGES = ("pretrain", "midtrain", "sft", "dpo")
-SCALING_FIELDS = ("num_workers", "cpus_per_worker", "max_failures", "checkpoint_every")
+SCALING_FIELDS = ("num_workers", "cpus_per_worker", "resources", "max_failures", "checkpoint_every")
 
 
 def input_table(stage: str, cfg: TrainConfig) -> str:
