@@ -10,10 +10,10 @@ import os
 import re
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class RecipeError(ValueError):
@@ -22,6 +22,26 @@ class RecipeError(ValueError):
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+def _custom_resources(v: dict[str, float]) -> dict[str, float]:
+    built_in = sorted({"CPU", "GPU", "memory", "object_store_memory"} & set(v))
+    if built_in:
+        raise ValueError(f"{', '.join(built_in)}: CPUs and GPUs have their own fields; `resources` names custom resources only")
+    if any(x < 0 for x in v.values()):
+        raise ValueError(f"resource amounts must be >= 0, got {v}")
+    return v
+
+
+Resources = Annotated[dict[str, float], AfterValidator(_custom_resources)]
+"""Custom Ray resources that each task, actor or training worker of a stage requests on top of its
+CPUs and GPUs, e.g. {'data': 1}; they put the stage on the node types that provide them (see
+clusters/README.md for the names). Empty: none, any node will do. They say where a stage runs, not
+what it computes, so they are left out of `model_dump` and thus of the stages' config hashes."""
+
+
+def _resources_field():
+    return Field(default_factory=dict, exclude=True)
 
 
 # -- model ------------------------------------------------------------------------------------
@@ -273,6 +293,8 @@ class CurateConfig(Strict):
     """Exact dedup over at least this many documents runs as a Ray Data groupby (a distributed
     shuffle); below it, as one pyarrow group-by on the driver (same result, no shuffle overhead)."""
     concurrency: int | None = None
+    resources: Resources = _resources_field()
+    """Custom Ray resources of each curation task (Ray Data maps); see `Resources`."""
     filters: FilterConfig = Field(default_factory=FilterConfig)
     decontam: DecontamConfig = Field(default_factory=DecontamConfig)
     minhash: MinHashConfig = Field(default_factory=MinHashConfig)
@@ -308,6 +330,8 @@ class EngineConfig(Strict):
     """Transformers engine: most sequences decoded together (prompts x n)."""
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
     """vLLM engine: fraction of GPU memory for weights and KV cache."""
+    resources: Resources = _resources_field()
+    """Custom Ray resources of each engine actor (a Ray Data actor or a Serve replica); see `Resources`."""
 
 
 class RewriteConfig(Strict):
@@ -359,6 +383,8 @@ class TokenizeConfig(Strict):
     """The long-context midtraining mixture (`tokens/midtrain`); None: not built."""
     dpo_pairs: list[str] = Field(default_factory=list)
     """TRL-layout pair files (JSONL or Parquet with prompt/chosen/rejected) for `tokens/dpo`."""
+    resources: Resources = _resources_field()
+    """Custom Ray resources of each tokenize task (Ray Data maps); see `Resources`."""
 
 
 class MidtrainMixConfig(Strict):
@@ -383,6 +409,8 @@ class TrainConfig(Strict):
     num_workers: int = Field(2, ge=1)
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
+    resources: Resources = _resources_field()
+    """Custom Ray resources of each Ray Train worker (and DPO's reference-scoring actors); see `Resources`."""
     zero_stage: Literal[0, 1, 2, 3] = 2
     offload_optimizer: bool = False
     offload_params: bool = False
