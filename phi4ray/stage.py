@@ -162,11 +162,13 @@ def run_shards(
     process: Callable[[dict], ShardResult],
     concurrency: int | None = None,
     num_cpus: float = 1.0,
+    resources: dict[str, float] | None = None,
 ) -> StageCounts:
     """Process every unit (a dict with a unique `shard` key) whose shard is not yet committed.
 
     Units run as a Ray Data `map` (progress bars on the console and dashboard); each one
-    commits its own shard, so a killed job loses at most the shards in flight.
+    commits its own shard, so a killed job loses at most the shards in flight. `resources`
+    (custom Ray resources, e.g. {"data": 1}) put the tasks on the nodes that provide them.
     """
     import ray.data
 
@@ -193,7 +195,7 @@ def run_shards(
         return {"meta": json.dumps(meta), "seconds": time.time() - t0}
 
     ds = ray.data.from_items(pending, override_num_blocks=len(pending)).map(
-        task, concurrency=concurrency, num_cpus=num_cpus
+        task, concurrency=concurrency, num_cpus=num_cpus, **({"resources": resources} if resources else {})
     )
     for row in ds.iter_rows():
         counts.add(json.loads(row["meta"]))

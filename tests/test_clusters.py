@@ -362,3 +362,16 @@ def test_local_multinode_cluster_has_the_roles_resources(tmp_path):
     left = subprocess.run(["pgrep", "-f", temp_dir], check=False, capture_output=True, text=True).stdout.split()
     assert not left, f"processes of the test cluster left running: {left}"
     shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def test_stage_resources_reach_the_ray_calls_that_place_work():
+    """The recipe's custom resources are what the engine actors and the mixture maps ask Ray for."""
+    from phi4ray.config import EngineConfig
+    from phi4ray.inference.actor import map_batches_kwargs
+    from phi4ray.inference.sampler import SamplingParams
+    from phi4ray.tokens.tokenize import _placed
+
+    kw = map_batches_kwargs(EngineConfig(resources={"synth": 1}), None, SamplingParams())
+    assert kw["resources"] == {"synth": 1}
+    assert "resources" not in map_batches_kwargs(EngineConfig(), None, SamplingParams())
+    assert _placed({"data": 1}) == {"resources": {"data": 1}} and _placed({}) == {}

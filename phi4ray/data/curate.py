@@ -306,7 +306,8 @@ def _run(cfg: CurateConfig, run_dir: RunDir) -> dict:
     log.info("curate: %d files in %d shards from %s -> %s", len(files), len(units), ", ".join(inputs), run_dir.uri)
 
     c1 = run_shards(
-        run_dir, STAGE, EXTRACTED, units, partial(extract_unit, cfg=cfg, decontam=decontam), concurrency=cfg.concurrency
+        run_dir, STAGE, EXTRACTED, units, partial(extract_unit, cfg=cfg, decontam=decontam), concurrency=cfg.concurrency,
+        resources=cfg.resources,
     )
     t1 = time.time()
     log.info("curate: extract: read %d, kept %d, rejected %d (%.1fs)", c1.read, c1.kept, c1.rejected, t1 - t0)
@@ -364,7 +365,7 @@ def _run(cfg: CurateConfig, run_dir: RunDir) -> dict:
     ]
     c2 = run_shards(
         run_dir, STAGE, CURATED, units2, partial(filter_unit, run_dir=run_dir, quality=page_step),
-        concurrency=cfg.concurrency,
+        concurrency=cfg.concurrency, resources=cfg.resources,
     )
     t3 = time.time()
     seeds = None
@@ -375,6 +376,7 @@ def _run(cfg: CurateConfig, run_dir: RunDir) -> dict:
         seeds = run_shards(
             run_dir, STAGE, SEEDS, [{"shard": u["shard"]} for u in units2],
             partial(seed_unit, run_dir=run_dir, select=seed_fn), concurrency=cfg.concurrency,
+            resources=cfg.resources,
         )
 
     langs = _collect("lang/", c2.extra)

@@ -74,4 +74,6 @@ def map_batches_kwargs(engine_cfg: EngineConfig, model_path: str | None, params:
     )
     if engine_cfg.num_gpus_per_actor:
         kw["num_gpus"] = engine_cfg.num_gpus_per_actor
+    if engine_cfg.resources:
+        kw["resources"] = dict(engine_cfg.resources)
     return kw

@@ -95,7 +95,14 @@ def midtrain_pools(source: str, n: int, long_min: int, upweight_min: int) -> lis
     return [f"recall/{source}"] + ([long] if long else [])
 
 
-def pool_histograms(run_dir: RunDir, pools_of: PoolsOf, seed: int) -> tuple[dict[str, int], dict[str, np.ndarray]]:
+def _placed(resources: dict[str, float] | None) -> dict:
+    """Ray Data map arguments that put the tasks on nodes providing these custom resources."""
+    return {"resources": dict(resources)} if resources else {}
+
+
+def pool_histograms(
+    run_dir: RunDir, pools_of: PoolsOf, seed: int, resources: dict[str, float] | None = None
+) -> tuple[dict[str, int], dict[str, np.ndarray]]:
     """Unique tokens and the token histogram over `u` of each pool, streamed over `tokens/docs`."""
 
     def per_batch(b: dict) -> dict:
@@ -114,7 +121,7 @@ def pool_histograms(run_dir: RunDir, pools_of: PoolsOf, seed: int) -> tuple[dict
     unique: dict[str, int] = {}
     hists: dict[str, np.ndarray] = {}
     ds = run_dir.read_dataset(DOCS).select_columns(["id", "source", "n"])
-    for b in ds.map_batches(per_batch, batch_format="numpy").iter_batches(batch_format="numpy", batch_size=None):
+    for b in ds.map_batches(per_batch, batch_format="numpy", **_placed(resources)).iter_batches(batch_format="numpy", batch_size=None):
         for pool, h in zip(b["pool"], b["hist"]):
             hists[pool] = hists.get(pool, 0) + h
     for pool, h in hists.items():
@@ -167,7 +174,7 @@ def pack_group(group: pa.Table, run_dir: RunDir, out: str, seq_len: int) -> pa.T
 
 def build_mixture(
     run_dir: RunDir, out: str, plans: dict[str, mixture.SourcePlan], pools_of: PoolsOf,
-    seq_len: int, rows_per_shard: int, seed: int,
+    seq_len: int, rows_per_shard: int, seed: int, resources: dict[str, float] | None = None,
 ) -> StageCounts:
     """Write the packed mixture `out` (exactly once per output shard). Returns the summed shard counts."""
     target = sum(p.target_tokens for p in plans.values())
@@ -185,10 +192,11 @@ def build_mixture(
     groups = (
         ds.map_batches(
             partial(expand_copies, plans=plans, pools_of=pools_of, n_out=n_out, seed=seed, done=frozenset(done)),
-            batch_format="numpy",
+            batch_format="numpy", **_placed(resources),
         )
         .groupby("bucket")
-        .map_groups(partial(pack_group, run_dir=run_dir, out=out, seq_len=seq_len), batch_format="pyarrow")
+        .map_groups(partial(pack_group, run_dir=run_dir, out=out, seq_len=seq_len), batch_format="pyarrow",
+                    **_placed(resources))
     )
     for row in groups.iter_rows():
         counts.add(json.loads(row["meta"]))
@@ -233,12 +241,12 @@ def _run(cfg: TokenizeConfig, run_dir: RunDir) -> dict:
         docs, rejects = tokenize_docs(rows)
         return ShardResult(pa.Table.from_pylist(docs, schema=DOC_SCHEMA), rejects, read=len(rows))
 
-    doc_counts = run_shards(run_dir, STAGE, DOCS, units, docs_unit)
+    doc_counts = run_shards(run_dir, STAGE, DOCS, units, docs_unit, resources=cfg.resources)
     log.info("tokenize: %d documents tokenized (%d rejected)", doc_counts.kept, doc_counts.rejected)
 
-    unique, hists = pool_histograms(run_dir, pretrain_pools, cfg.seed)
+    unique, hists = pool_histograms(run_dir, pretrain_pools, cfg.seed, cfg.resources)
     plans = mixture.set_cuts(mixture.plan(unique, cfg.mixture, cfg.total_tokens), hists)
-    pre = build_mixture(run_dir, "tokens/pretrain", plans, pretrain_pools, cfg.seq_len, cfg.rows_per_shard, cfg.seed)
+    pre = build_mixture(run_dir, "tokens/pretrain", plans, pretrain_pools, cfg.seq_len, cfg.rows_per_shard, cfg.seed, cfg.resources)
     mix = mixture.report(plans, _prefixed(pre.extra, "mix."))
     counts = {
         "docs_read": doc_counts.read,
@@ -252,11 +260,11 @@ def _run(cfg: TokenizeConfig, run_dir: RunDir) -> dict:
     if cfg.midtrain is not None:
         m = cfg.midtrain
         pools_of = partial(midtrain_pools, long_min=m.long_min_tokens, upweight_min=m.upweight_min_tokens)
-        m_unique, m_hists = pool_histograms(run_dir, pools_of, cfg.seed)
+        m_unique, m_hists = pool_histograms(run_dir, pools_of, cfg.seed, cfg.resources)
         weights = mixture.midtrain_weights(cfg.mixture, m_unique, m.long_fraction, m.upweight)
         total = m.total_tokens or sum(p.target_tokens for p in plans.values())
         m_plans = mixture.set_cuts(mixture.plan(m_unique, weights, total), m_hists)
-        mid = build_mixture(run_dir, "tokens/midtrain", m_plans, pools_of, m.seq_len, cfg.rows_per_shard, cfg.seed)
+        mid = build_mixture(run_dir, "tokens/midtrain", m_plans, pools_of, m.seq_len, cfg.rows_per_shard, cfg.seed, cfg.resources)
         m_mix = mixture.report(m_plans, _prefixed(mid.extra, "mix."))
         counts["midtrain_rows"] = mid.kept
         metrics["midtrain_mixture"] = m_mix
@@ -281,7 +289,7 @@ def _run(cfg: TokenizeConfig, run_dir: RunDir) -> dict:
         )
 
     if sft_units:
-        sft = run_shards(run_dir, STAGE, "tokens/sft", sft_units, sft_unit)
+        sft = run_shards(run_dir, STAGE, "tokens/sft", sft_units, sft_unit, resources=cfg.resources)
         counts.update(sft_rows=sft.kept, sft_rejected=sft.rejected)
         metrics["sft_packing"] = _packing(sft.extra, cfg.seq_len)
 
@@ -289,6 +297,7 @@ def _run(cfg: TokenizeConfig, run_dir: RunDir) -> dict:
         dpo = run_shards(
             run_dir, STAGE, "tokens/dpo",
             [{"shard": f"pairs-{i:05d}", "path": p} for i, p in enumerate(cfg.dpo_pairs)], dpo_unit,
+            resources=cfg.resources,
         )
         counts.update(dpo_pairs=dpo.kept, dpo_rejected=dpo.rejected)
 

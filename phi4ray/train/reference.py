@@ -27,23 +27,25 @@ class ReferenceScorer:
 
         if model_path and "://" in model_path:
             model_path = RunDir(model_path).local_dir("")
-        self.model = (load_model(model_path) if model_path else build_model(preset, seed=seed)).eval()
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # a GPU when the actor got one
+        self.model = (load_model(model_path) if model_path else build_model(preset, seed=seed)).eval().to(self.device)
 
     def __call__(self, batch: dict) -> dict:
         from phi4ray.tokenizer import EOT_ID
         from phi4ray.train.loop import dpo_batch
         from phi4ray.train.objectives import sequence_logps
 
-        b = dpo_batch(batch, torch.device("cpu"), EOT_ID)
+        b = dpo_batch(batch, self.device, EOT_ID)
         with torch.no_grad():
             logps = sequence_logps(self.model, b["input_ids"], b["completion_mask"], b["attention_mask"])
         half = len(logps) // 2
-        return {**batch, REF_COLUMNS[0]: logps[:half].numpy().astype(np.float32), REF_COLUMNS[1]: logps[half:].numpy().astype(np.float32)}
+        return {**batch, REF_COLUMNS[0]: logps[:half].float().cpu().numpy().astype(np.float32), REF_COLUMNS[1]: logps[half:].float().cpu().numpy().astype(np.float32)}
 
 
 def precompute_ref_logps(
     run_dir: RunDir, table: str, out: str, model_path: str | None, preset: str, seed: int = 0,
     batch_size: int = 16, num_actors: int = 1, rows_per_shard: int = 4096,
+    resources: dict[str, float] | None = None, num_gpus: float = 0,
 ) -> int:
     """Write `out` = `table` plus reference log-probs, streamed shard by shard; returns its rows.
     A finished `out` (its `_done` marker) is kept; an unfinished one is redone from scratch."""
@@ -55,6 +57,7 @@ def precompute_ref_logps(
     ds = run_dir.read_dataset(table).map_batches(
         ReferenceScorer, fn_constructor_kwargs={"model_path": model_path, "preset": preset, "seed": seed},
         batch_size=batch_size, batch_format="numpy", concurrency=num_actors,
+        **({"resources": resources} if resources else {}), **({"num_gpus": num_gpus} if num_gpus else {}),
     )
     rows = 0
     for i, b in enumerate(ds.iter_batches(batch_format="pyarrow", batch_size=rows_per_shard)):

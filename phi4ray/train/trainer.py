@@ -55,7 +55,8 @@ def run_train(stage: str, recipe: Recipe, run_dir: RunDir, force: bool = False) 
 
         ref_table = f"checkpoints/{stage}/ref_logps"
         ref_model = run_dir.uri_of(export_dir(cfg.init_from)) if cfg.init_from else recipe.model.path
-        precompute_ref_logps(run_dir, table, ref_table, ref_model, recipe.model.preset, seed=cfg.seed)
+        precompute_ref_logps(run_dir, table, ref_table, ref_model, recipe.model.preset, seed=cfg.seed,
+                             resources=cfg.resources, num_gpus=1 if cfg.use_gpu else 0)
         table = ref_table
     total_steps = steps_for(rows, cfg, cfg.num_workers)
     init_path = recipe.model.path
@@ -89,7 +90,7 @@ def run_train(stage: str, recipe: Recipe, run_dir: RunDir, force: bool = False) 
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.num_workers,
             use_gpu=cfg.use_gpu,
-            resources_per_worker={"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})},
+            resources_per_worker={"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {}), **cfg.resources},
         ),
         run_config=ray.train.RunConfig(
             name="ray",
