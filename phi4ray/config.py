@@ -334,13 +334,109 @@ class EngineConfig(Strict):
     """Custom Ray resources of each engine actor (a Ray Data actor or a Serve replica); see `Resources`."""
 
 
-class RewriteConfig(Strict):
-    enabled: bool = True
-    template: str = "rewrite_exercise"
-    max_seeds: int | None = None
+class SynthOpConfig(Strict):
+    """What every synthesis operation has (phi4ray/synth/ops.py). Each op's own section adds its
+    templates (files in phi4ray/synth/templates/, named without `.txt`) and its checks."""
+
+    enabled: bool = False
+    max_seeds: int | None = Field(None, ge=0)
+    """Inputs taken (seed passages, code snippets or questions), a seeded sample per op; None: all."""
     seed_chars: int = Field(1500, ge=1)
+    """Characters of a seed passage that go into a prompt."""
     engine: EngineConfig = Field(default_factory=EngineConfig)
+    """Ops whose engine sections are equal share one Ray Data actor pool (one model load)."""
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    """The generating steps (drafts, exercises, answers, responses, code)."""
+    check_sampling: SamplingConfig = Field(default_factory=lambda: SamplingConfig(temperature=0.0, max_tokens=96))
+    """The reading and judging steps (facts, critiques, verdicts, judgements): greedy by default."""
+
+
+class RewriteConfig(SynthOpConfig):
+    """Rewrite and augment: passage -> key facts -> an exercise, a discussion or a reasoning task."""
+
+    enabled: bool = True
+    facts_template: str = "rewrite_facts"
+    forms: list[str] = Field(default_factory=lambda: ["exercise", "discussion", "reasoning"], min_length=1)
+    """Target forms; form F is written by template `rewrite_F`."""
+    forms_per_seed: int = Field(1, ge=1)
+    """Forms written per seed (rotating through `forms` from a seeded start)."""
+    min_facts: int = Field(1, ge=1)
+    min_chars: int = Field(1, ge=1)
+
+
+class ReviseConfig(SynthOpConfig):
+    """Self-revision: draft -> critique against a rubric -> revise, for up to `rounds` revisions."""
+
+    draft_template: str = "revise_draft"
+    critique_template: str = "revise_critique"
+    revise_template: str = "revise_revise"
+    rounds: int = Field(2, ge=0)
+    min_score: int = Field(4, ge=1, le=5)
+    """Both rubric scores (reasoning, accuracy; 1-5) must reach this to stop revising and to keep the row."""
+
+
+class ReverseConfig(SynthOpConfig):
+    """Instruction reversal for code: snippet -> instruction -> regenerated code -> fidelity check."""
+
+    instruction_template: str = "reverse_instruction"
+    code_template: str = "reverse_code"
+    languages: list[str] = Field(default_factory=lambda: ["python", "python3", "py", "pycon", ""])
+    """Fence languages of curated code blocks taken as snippets ("" for a fence without one)."""
+    min_lines: int = Field(2, ge=1)
+    max_chars: int = Field(2000, ge=1)
+    similarity: Literal["ast", "token"] = "ast"
+    """Which ratio decides: `ast` (difflib over normalised AST node sequences) or `token` (over Python tokens)."""
+    min_similarity: float = Field(0.5, ge=0, le=1)
+    sandbox: dict[str, Any] = Field(default_factory=dict)
+    """Limits passed to `synth.sandbox.run_code` (its defaults when empty)."""
+
+
+class AgentsConfig(SynthOpConfig):
+    """Multi-agent prompting: roles take turns on one transcript (default: a solver and a checker)."""
+
+    roles: list[str] = Field(default_factory=lambda: ["solver", "checker"], min_length=2)
+    """Speakers in turn order; role R speaks with template `agents_R`. The last role gives the verdict."""
+    turns: int = Field(4, ge=2)
+    """Messages in all; the dialogue stops early when the last role accepts."""
+
+    @model_validator(mode="after")
+    def _ends_on_verdict(self) -> "AgentsConfig":
+        if self.turns % len(self.roles):
+            raise ValueError(f"turns ({self.turns}) must be a multiple of the {len(self.roles)} roles, so that the dialogue ends on a verdict")
+        return self
+
+
+class QAConfig(SynthOpConfig):
+    """QA extraction: a deduction chain in a passage -> question, reasoning, answer."""
+
+    template: str = "qa_extract"
+    max_answer_chars: int = Field(100, ge=1)
+    """Longer answers are rejects: the plurality filter votes on short final answers."""
+
+
+class PluralityConfig(SynthOpConfig):
+    """Plurality filter: N answers per question, majority vote; drop unanimous and no-majority questions."""
+
+    question_template: str = "plurality_question"
+    qa_template: str = "plurality_qa"
+    n_answers: int = Field(8, ge=2)
+    majority: float = Field(0.5, ge=0, lt=1)
+    """The top answer needs more than this share of the N answers (unanswered ones count against it)."""
+    splits: list[str] = Field(default_factory=lambda: ["pts"])
+    """`questions/` splits to filter (programmatic answers: a disagreeing majority is a reject)."""
+    include_qa: bool = True
+    """Also filter the questions of the `qa` op (unreliable answers: the majority replaces them)."""
+
+
+class ResponsesConfig(SynthOpConfig):
+    """SFT responses: N responses per prompt, the best chosen by a judge, as ChatML messages."""
+
+    prompts: Literal["seeds", "questions"] = "seeds"
+    """Where prompts come from: a request written from each seed passage, or `questions/` (`splits`)."""
+    splits: list[str] = Field(default_factory=lambda: ["pts"])
+    request_template: str = "responses_request"
+    judge_template: str = "responses_judge"
+    n_responses: int = Field(4, ge=2)
 
 
 class ArithmeticConfig(Strict):
@@ -364,8 +460,14 @@ class ArithmeticConfig(Strict):
 
 
 class SynthConfig(Strict):
-    rewrite: RewriteConfig = Field(default_factory=RewriteConfig)
     arithmetic: ArithmeticConfig = Field(default_factory=ArithmeticConfig)
+    rewrite: RewriteConfig = Field(default_factory=RewriteConfig)
+    revise: ReviseConfig = Field(default_factory=ReviseConfig)
+    reverse: ReverseConfig = Field(default_factory=ReverseConfig)
+    agents: AgentsConfig = Field(default_factory=AgentsConfig)
+    qa: QAConfig = Field(default_factory=QAConfig)
+    plurality: PluralityConfig = Field(default_factory=PluralityConfig)
+    responses: ResponsesConfig = Field(default_factory=ResponsesConfig)
 
 
 # -- tokens -----------------------------------------------------------------------------------

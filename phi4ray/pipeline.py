@@ -156,9 +156,10 @@ def _row(stage: str, e: dict) -> dict:
         if "seeds" in c:
             key += f", {c['seeds']['seeds']} seeds"
     elif stage == "synth":
-        rows_in = c.get("rewrite_seeds", 0)
-        rows_out = c.get("arithmetic_rows", 0) + c.get("rewrite_kept", 0)
-        key = f"arithmetic {c.get('arithmetic_rows')}, rewrites {c.get('rewrite_kept', 0)}"
+        ops = c.get("ops", {})
+        rows_in = sum(o.get("read", 0) for o in ops.values())
+        rows_out = c.get("arithmetic_rows", 0) + sum(o.get("kept", 0) for o in ops.values())
+        key = ", ".join([f"arithmetic {c.get('arithmetic_rows')}"] + [f"{n} {o.get('kept', 0)}/{o.get('read', 0)}" for n, o in ops.items()])
     elif stage == "tokenize":
         rows_in, rows_out = c.get("docs_read"), f"{c.get('pretrain_rows')}+{c.get('sft_rows')} sft"
         waste = m.get("pretrain_packing", {}).get("waste", 0)

@@ -216,7 +216,9 @@ def test_big_file_is_output_limit():
 
 def test_writes_outside_its_directory_do_not_reach_the_host(level):
     name = f"phi4ray_escape_{uuid.uuid4().hex}"
-    targets = [str(REPO / name), f"/tmp/{name}", str(REPO / "phi4ray" / name)]
+    # The interpreter's folder is never under /tmp, where the sandbox has a private tmpfs (a
+    # checkout under /tmp, as CI may clone one, is not reachable from inside at all).
+    targets = [str(REPO / name), f"/tmp/{name}", str(REPO / "phi4ray" / name), os.path.join(os.path.dirname(sys.executable), name)]
     # A shell gets past the Python guard: at uid, file permissions stop it, except in the host's
     # world-writable /tmp; at none, it has the caller's own rights.
     shell = {"namespaces": targets, "userns": targets, "uid": targets[::2]}.get(level, [])
