@@ -237,6 +237,17 @@ def _param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def _optimizer(module: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW; with the optimizer state offloaded to CPU, DeepSpeed's vectorised CPU Adam (built
+    on first use, which takes a minute or two), as DeepSpeed requires for ZeRO-Offload."""
+    groups = _param_groups(module, cfg.weight_decay)
+    if cfg.offload_optimizer:
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        return DeepSpeedCPUAdam(groups, lr=cfg.lr, betas=tuple(cfg.betas), adamw_mode=True)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
+
+
 def _peak_flops(device: torch.device) -> float | None:
     if device.type != "cuda":
         return None
@@ -263,7 +274,7 @@ def run_loop(spec: LoopSpec, ctx: Context) -> dict:
         module = objectives.DPO(policy, reference, spec.beta)
     else:
         module = objectives.CausalLM(policy)
-    optimizer = torch.optim.AdamW(_param_groups(module, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas))
+    optimizer = _optimizer(module, cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_at(s, 1.0, spec.total_steps, cfg.warmup_steps, cfg.min_lr_ratio)
     )
