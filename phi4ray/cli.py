@@ -60,10 +60,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="model name at the endpoint (default: serve.model_name)")
     p.add_argument("--questions", help='JSONL of {"id", "prompt", "answer"} (default: questions/ of the run)')
     p.add_argument("--oracle", choices=["math", "code", "choice"], help="answer checker (default: pts.oracle)")
+    p.add_argument("--judge", action="store_true",
+                   help="build judge-guided DPO pairs instead (models in pts.judge.responders / pts.judge.judge; "
+                        'questions {"id", "prompt": user message}); writes dpo/judged_pairs.jsonl')
 
-    p = sub.add_parser("eval", help="evaluate training stages' checkpoints into eval/<stage>.json", epilog=EPILOG)
+    p = sub.add_parser("eval", help="evaluate training stages' checkpoints, or an endpoint, into eval/<name>.json",
+                       epilog=EPILOG)
     _common(p)
-    p.add_argument("--stage", action="append", help="training stage to evaluate (repeatable; default: eval.stages)")
+    p.add_argument("--stage", action="append",
+                   help="training stage to evaluate (repeatable; default: eval.stages, else every stage with a checkpoint)")
+    p.add_argument("--endpoint", help="OpenAI-compatible base URL such as http://127.0.0.1:8000/v1: evaluate the "
+                                      "model it serves instead of the run's checkpoints")
+    p.add_argument("--model", help="model name at --endpoint (default: the endpoint's first model)")
+    p.add_argument("--name", help="report name for --endpoint: eval/<name>.json (default: endpoint-<model>)")
 
     p = sub.add_parser("sandbox", help="run a Python file (and its tests) in the code sandbox; print the result as JSON")
     p.add_argument("file", help="Python file to run; exit status 0 only when the result is `passed`")
@@ -71,23 +80,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, help="wall-clock seconds (default 10)")
     p.add_argument("--memory-mb", type=int, help="address space per process, MB (default 256)")
     return parser
-
-
-def _read_questions(path: str) -> list[dict]:
-    out = []
-    with open(path) as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                q = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: not JSON: {e}") from None
-            missing = {"id", "prompt", "answer"} - set(q)
-            if missing:
-                raise ValueError(f"{path}:{n}: missing field(s) {', '.join(sorted(missing))}")
-            out.append(q)
-    return out
 
 
 def _dispatch(args, recipe, run_dir) -> int:
@@ -103,6 +95,11 @@ def _dispatch(args, recipe, run_dir) -> int:
         t0 = time.time()
         rows = pipeline.run_recipe(recipe, run_dir, force=args.force, only=only)
         print(pipeline.format_table(rows))
+        evaluated = (run_dir.stage_entry("eval") or {}).get("metrics") or {}
+        if evaluated:  # the run ends with the eval table of every training stage
+            from phi4ray.eval.run import format_table as eval_table, read_reports
+
+            print("\n" + eval_table(read_reports(run_dir, list(evaluated))))
         print(f"\nrun directory: {run_dir.uri}  (manifest.json holds this table)  total {time.time() - t0:.0f}s")
         return 0
 
@@ -114,9 +111,9 @@ def _dispatch(args, recipe, run_dir) -> int:
     elif cmd == "train":
         result = pipeline.STAGE_FNS[args.stage](recipe, run_dir, args.force)
     elif cmd == "eval":
-        if args.stage:
-            recipe.eval.stages = args.stage
-        result = pipeline.STAGE_FNS["eval"](recipe, run_dir, args.force)
+        from phi4ray.eval.run import cli_eval
+
+        return cli_eval(args, recipe, run_dir)
     elif cmd == "serve":
         return _serve(args, recipe, run_dir)
     elif cmd == "pts":
@@ -144,15 +141,19 @@ def _serve(args, recipe, run_dir) -> int:
 
 def _pts(args, recipe, run_dir) -> dict:
     from phi4ray import pipeline
-    from phi4ray.pts.search import run_pts
+    from phi4ray.pts.search import read_questions_jsonl, run_pts
 
+    if args.judge:
+        from phi4ray.pts.judge import judge_stage
+
+        return judge_stage(recipe, run_dir, args.force, read_questions_jsonl(args.questions) if args.questions else None)
     if args.oracle:
         recipe.pts.oracle = args.oracle
     if args.endpoint is None:
         if args.questions:
             raise ValueError("--questions needs --endpoint (without one, PTS serves the run's own checkpoint and questions)")
         return pipeline.STAGE_FNS["pts"](recipe, run_dir, args.force)
-    questions = _read_questions(args.questions) if args.questions else pipeline.pts_questions(run_dir, recipe.pts.max_questions)
+    questions = read_questions_jsonl(args.questions) if args.questions else pipeline.pts_questions(run_dir, recipe.pts.max_questions)
     return run_pts(recipe.pts, run_dir, args.endpoint, args.model or recipe.serve.model_name, questions, force=args.force)
 
 

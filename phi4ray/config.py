@@ -564,6 +564,10 @@ class ServeConfig(Strict):
     max_ongoing_requests: int = Field(8, ge=1)
     max_queued_requests: int = Field(64, ge=-1)
     max_model_len: int = Field(4096, ge=1)
+    overload_status: Literal[429, 503] = 503
+    """HTTP status of a request refused because `max_queued_requests` are already waiting."""
+    retry_after_s: float = Field(1.0, ge=0)
+    """The `Retry-After` header (seconds, rounded up) sent with a refused request."""
 
 
 class PTSConfig(Strict):
@@ -580,13 +584,102 @@ class PTSConfig(Strict):
     concurrency: int = Field(4, ge=1)
     max_questions: int | None = None
     oracle: Literal["math", "code", "choice"] = "math"
+    """Success test (phi4ray/pts/oracles.py): `math` exact answer; `code` runs the question's
+    test code (`answer`, or `tests`) in the sandbox; `choice` compares the chosen letter."""
+    seed: int = 0
+    judge: JudgePairsConfig = Field(default_factory=lambda: JudgePairsConfig())
+    """Judge-guided DPO pairs (round 2); not part of PTS's own config hash."""
+
+
+class JudgePairsConfig(Strict):
+    """Judge-guided full-length DPO pairs (paper §4, DPO round 2; phi4ray/pts/judge.py): each
+    question is answered by several models, a judge model labels pairs of the answers, and the
+    labelled pairs go to `dpo/judged_pairs.jsonl` in TRL's conversational layout (train on them
+    with `tokenize.dpo_pairs=[that file]` and `dpo.pairs=full`).
+
+    A model is a string: `http://host:8000/v1#name` (an OpenAI-compatible endpoint, through its
+    chat completions API; without `#name`, the endpoint's first model), a training stage of the
+    run (`sft`, `dpo`: its `checkpoints/<stage>/hf`), an HF folder path, or `preset:micro@SEED`
+    (a randomly initialised preset: plumbing tests only). Local models run with `engine`."""
+
+    enabled: bool = False
+    """Run after PTS in the pipeline's `pts` stage (`phi4ray pts --judge` runs it alone)."""
+    responders: list[str] = Field(default_factory=list)
+    judge: str | None = None
+    template: str = "judge_pair"
+    """Judge prompt: `phi4ray/pts/prompts/<template>.txt`, or a path to a text file."""
+    max_pairs_per_question: int | None = Field(None, ge=1)
+    """Pairs judged per question (a seeded sample of the cross-model pairs); None: all of them."""
+    both_orders: bool = True
+    """Judge each pair twice, A/B swapped; a pair is kept only when both verdicts agree."""
+    sampling: SamplingConfig = Field(default_factory=lambda: SamplingConfig(temperature=0.8, max_tokens=256))
+    """The responders' sampling; `sampling.n` responses per model and question."""
+    judge_sampling: SamplingConfig = Field(default_factory=lambda: SamplingConfig(temperature=0.0, max_tokens=256))
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    """Engine settings of the local models (stages, folders, presets); the path comes from the spec."""
+    concurrency: int = Field(4, ge=1)
+    """Requests in flight per endpoint model."""
+    max_questions: int | None = None
+    shard_questions: int = Field(64, ge=1)
     seed: int = 0
 
 
 class EvalConfig(Strict):
+    """Evaluation (phi4ray/eval/; docs/eval.md): the held-out arithmetic of `questions/` plus
+    the benchmarks of `tasks`, each through the `Sampler` of a checkpoint or an endpoint."""
+
+    class Task(Strict):
+        """One benchmark of `eval.tasks`: a file in its public layout (phi4ray/eval/formats.py)."""
+
+        kind: Literal["mmlu", "arc", "gsm8k", "math", "humaneval", "mbpp", "needle"] | None = None
+        """Layout and scoring. None: the task's name, or its prefix (`arc_challenge` is arc).
+        mmlu, arc: log-likelihood multiple choice; gsm8k, math: few-shot generation with answer
+        extraction; humaneval, mbpp: greedy code, pass@1 in the sandbox; needle: long-context recall."""
+        path: str | None = None
+        """JSONL (.jsonl, .jsonl.gz), JSON list or Parquet file, local or a pyarrow.fs URI; a bare
+        file name that is not a local file is a small set shipped in phi4ray/eval/data/. needle: none."""
+        shots: int | None = Field(None, ge=0)
+        """Few-shot examples; None: the standard number (mmlu 5, arc 1, gsm8k 8, math 4, humaneval 0, mbpp 3)."""
+        fewshot_path: str | None = None
+        """Where the shots come from (MMLU's dev split, GSM8K's train split); None: the first
+        `shots` items of `path`, which are then not evaluated."""
+        limit: int | None = Field(None, ge=1)
+        """Items evaluated (the first ones after the shots); None: all."""
+        max_tokens: int | None = Field(None, ge=1)
+        """Generation budget; None: gsm8k 256, math 512, humaneval 384, mbpp 384, needle 12."""
+        lengths: list[int] = Field(default_factory=lambda: [4000, 8000, 16000])
+        """needle: prompt lengths in tokens (Phi-4's midtraining goes from 4K to 16K; a length
+        plus `max_tokens` must fit the model's context, else it is skipped)."""
+        depths: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
+        """needle: where the key sits, as a fraction of the filler before it."""
+        samples: int = Field(4, ge=1)
+        """needle: prompts (different keys) per (length, depth)."""
+        filler_path: str | None = None
+        """needle: a text file of haystack text; None: built-in sentences."""
+        seed: int = 0
+
+        @model_validator(mode="after")
+        def _needle(self) -> "EvalConfig.Task":
+            if any(not 0.0 <= d <= 1.0 for d in self.depths):
+                raise ValueError(f"depths must be in [0, 1], got {self.depths}")
+            if any(n < 1 for n in self.lengths):
+                raise ValueError(f"lengths must be >= 1, got {self.lengths}")
+            return self
+
     max_questions: int | None = None
+    """Held-out arithmetic questions (the `heldout` split of questions/); None: all."""
     max_tokens: int = Field(32, ge=1)
-    stages: list[str] = Field(default_factory=lambda: ["sft", "dpo"])
+    """Generation budget of the held-out arithmetic."""
+    stages: list[str] | None = None
+    """Training stages to evaluate; None: every one of pretrain, midtrain, sft, dpo that has a checkpoint."""
+    tasks: dict[str, Task] = Field(default_factory=dict)
+    """Benchmarks by name, e.g. {mmlu: {path: data/mmlu_test.jsonl, fewshot_path: data/mmlu_dev.jsonl}}."""
+    batch_size: int = Field(32, ge=1)
+    """Prompts per Sampler call (scoring and generation)."""
+    code_timeout_s: float = Field(10.0, gt=0)
+    """Sandbox wall-clock limit per HumanEval / MBPP program and its tests."""
+    examples: int = Field(5, ge=0)
+    """Per-item records kept in each task's report."""
 
 
 class RayConfig(Strict):

@@ -68,7 +68,8 @@ def pts_questions(run_dir: RunDir, limit: int | None) -> list[dict]:
 
 
 def _pts(recipe: Recipe, run_dir: RunDir, force: bool) -> dict:
-    """Serve the SFT checkpoint with Ray Serve, run PTS against it, and stop serving."""
+    """Serve the SFT checkpoint with Ray Serve, run PTS against it, and stop serving. With
+    `pts.judge.enabled`, then build the judge-guided pairs of DPO round 2 (phi4ray/pts/judge.py)."""
     from phi4ray.pts.search import pts_config_hash, run_pts
     from phi4ray.serve import app as serve_app
 
@@ -76,33 +77,51 @@ def _pts(recipe: Recipe, run_dir: RunDir, force: bool) -> dict:
     entry = run_dir.stage_entry("pts")
     done = entry and entry.get("status") == "complete"
     if done and not force and entry.get("config_hash") == pts_config_hash(recipe.pts, recipe.serve.model_name, questions):
-        return entry  # no need to start Serve; a changed config still reaches run_pts, which refuses it
-    ckpt = f"checkpoints/{recipe.serve.checkpoint}/hf"
-    url = serve_app.start(recipe.serve, run_dir.local_dir(ckpt))
-    try:
-        return run_pts(recipe.pts, run_dir, url, recipe.serve.model_name, questions, force=force)
-    finally:
-        serve_app.stop()
+        result = entry  # no need to start Serve; a changed config still reaches run_pts, which refuses it
+    else:
+        ckpt = f"checkpoints/{recipe.serve.checkpoint}/hf"
+        url = serve_app.start(recipe.serve, run_dir.local_dir(ckpt))
+        try:
+            result = run_pts(recipe.pts, run_dir, url, recipe.serve.model_name, questions, force=force)
+        finally:
+            serve_app.stop()
+    if recipe.pts.judge.enabled:
+        from phi4ray.pts.judge import judge_stage
+
+        result = {**result, "judge_pairs": judge_stage(recipe, run_dir, force)}
+    return result
 
 
 def _eval(recipe: Recipe, run_dir: RunDir, force: bool) -> dict:
-    from phi4ray.eval.generation import run_eval
+    """Every training stage's checkpoint (eval.stages; default: all that exist) on the held-out
+    arithmetic and the benchmarks of eval.tasks (phi4ray/eval/run.py); prints the eval table."""
+    from phi4ray.eval.run import check_tasks, eval_stages, format_table, read_reports, run_eval
 
     if not run_dir.begin_stage("eval", _eval_hash(recipe), outputs=["eval"], force=force):
-        return run_dir.stage_entry("eval")
-    stages = [s for s in recipe.eval.stages if run_dir.exists(f"checkpoints/{s}/hf", "config.json")]
-    missing = sorted(set(recipe.eval.stages) - set(stages))
-    if missing:
-        log.warning("eval: no checkpoint for %s; evaluating %s", ", ".join(missing), ", ".join(stages) or "nothing")
-    reports = {s: run_eval(recipe.eval, run_dir, s, recipe.serve.engine) for s in stages}
-    return run_dir.finish_stage("eval", metrics={s: r["accuracy"] for s, r in reports.items()},
-                                counts={"questions": next(iter(reports.values()))["n"] if reports else 0})
+        entry = run_dir.stage_entry("eval")
+        print(format_table(read_reports(run_dir, list(entry.get("metrics", {})))), flush=True)
+        return entry
+    with run_dir.failure_recorded("eval"):
+        check_tasks(recipe.eval)
+        stages, missing = eval_stages(recipe.eval, run_dir)
+        if missing:
+            log.warning("eval: no checkpoint for %s; evaluating %s", ", ".join(missing), ", ".join(stages) or "nothing")
+        reports = {s: run_eval(recipe.eval, run_dir, s, recipe.serve.engine) for s in stages}
+        print(format_table(reports), flush=True)
+        arith = {s: r["tasks"].get("arithmetic", {}).get("n") for s, r in reports.items()}
+        return run_dir.finish_stage(
+            "eval", metrics={s: r.get("accuracy") for s, r in reports.items()},
+            counts={"questions": next(iter(arith.values()), 0) or 0, "tasks": len(next(iter(reports.values()))["tasks"]) if reports else 0},
+            tasks={s: {t: v["metrics"][v["primary"]] for t, v in r["tasks"].items()} for s, r in reports.items()},
+        )
 
 
 def _eval_hash(recipe: Recipe) -> str:
+    from phi4ray.eval.run import data_digest
     from phi4ray.run import config_hash
 
-    return config_hash({"eval": recipe.eval, "engine": recipe.serve.engine})
+    return config_hash({"eval": recipe.eval.model_dump(mode="json"), "engine": recipe.serve.engine.model_dump(mode="json"),
+                        "data": data_digest(recipe.eval)})
 
 
 STAGE_FNS: dict[str, Callable[[Recipe, RunDir, bool], dict]] = {
@@ -178,7 +197,9 @@ def _row(stage: str, e: dict) -> dict:
         key = f"{c.get('in_band')} questions with 0.2<=p<=0.8, {c.get('pivots')} pivots"
     elif stage == "eval":
         rows_in, rows_out = c.get("questions"), "-"
-        key = ", ".join(f"{s} acc {_fmt(a)}" for s, a in m.items())
+        key = ", ".join(f"{s} acc {_fmt(a)}" for s, a in m.items() if a is not None)
+        if c.get("tasks"):
+            key += f"{'; ' if key else ''}{c['tasks']} tasks x {len(m)} stages in eval/<stage>.json"
     else:
         rows_in, rows_out, key = "-", "-", ""
     return {"stage": stage, "rows_in": rows_in, "rows_out": rows_out, "seconds": e.get("seconds"),

@@ -331,3 +331,31 @@ def test_run_pts_live(endpoint, tmp_path):
     assert entry["status"] == "complete" and entry["counts"]["pairs"] == out["pairs"]
     # a re-run with the same config is a no-op that reports the same counts
     assert run_pts(cfg, run_dir, endpoint, MODEL, questions) == out
+
+
+# -- judge-guided pairs from the live endpoint ----------------------------------------------------
+def test_judge_pairs_from_the_live_endpoint(endpoint, tmp_path):
+    """Two responder specs on the served bigram model, through its chat completions API; a
+    scripted judge that prefers the answer 17."""
+    from phi4ray.config import JudgePairsConfig, SamplingConfig
+    from phi4ray.pts.judge import run_judge_pairs
+
+    def judge(prompt: str) -> str:
+        a = prompt.split("Response A:\n", 1)[1].split("\n\nResponse B:\n", 1)[0]
+        b = prompt.split("Response B:\n", 1)[1].split("\n\nExplain your reasoning", 1)[0]
+        return "Verdict: " + ("tie" if (a == "17") == (b == "17") else "A" if a == "17" else "B")
+
+    cfg = JudgePairsConfig(responders=[f"{endpoint}#{MODEL}", endpoint], judge="unused",
+                           sampling=SamplingConfig(n=2, temperature=1.0, max_tokens=4))
+    questions = [{"id": f"q{i}", "prompt": "9+8="} for i in range(4)]
+    rd = RunDir(tmp_path / "run")
+    out = run_judge_pairs(cfg, rd, questions, judge_fn=judge)
+    assert out["responses"] == 4 * 2 * 2 and out["response_errors"] == 0
+    assert out["candidates"] == out["kept"] + out["ties"] + out["inconsistent"] + out["rejected"]
+    assert out["rejected"] == 0 and out["kept"] >= 1
+    rows = rd.read_jsonl("dpo/judged_pairs.jsonl")
+    assert len(rows) == out["kept"]
+    for r in rows:
+        assert r["prompt"] == [{"role": "user", "content": "9+8="}]
+        assert r["chosen"][0]["content"] == "17" and r["rejected"][0]["content"] in ("19", "27")
+        assert {r["chosen_model"], r["rejected_model"]} == {f"{endpoint}#{MODEL}", endpoint}

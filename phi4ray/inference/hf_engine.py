@@ -87,7 +87,9 @@ class TransformersSampler:
 
     # -- generate ---------------------------------------------------------------------------
     @torch.inference_mode()
-    def generate(self, prompts: list[str | list[int]], params: SamplingParams) -> list[list[Completion]]:
+    def generate(self, prompts: list[str | list[int]], params: SamplingParams, on_token=None) -> list[list[Completion]]:
+        """`on_token(prompt_index, sample_index, token_id, logprob, top)`, if given, is called for every
+        sampled token as soon as it is decoded (streaming); an exception it raises aborts the call."""
         ids = [self.encode_prompt(p) for p in prompts]
         for i, p in enumerate(ids):
             if not p:
@@ -99,10 +101,11 @@ class TransformersSampler:
         per_chunk = max(1, self.max_batch_rows // params.n)
         out: list[list[Completion]] = []
         for s in range(0, len(ids), per_chunk):
-            out.extend(self._generate_chunk(ids[s : s + per_chunk], params))
+            out.extend(self._generate_chunk(ids[s : s + per_chunk], params, on_token, s))
         return out
 
-    def _generate_chunk(self, prompts: list[list[int]], params: SamplingParams) -> list[list[Completion]]:
+    def _generate_chunk(self, prompts: list[list[int]], params: SamplingParams, on_token=None,
+                        first: int = 0) -> list[list[Completion]]:
         dev, n, B = self.device, params.n, len(prompts)
         L = max(len(p) for p in prompts)
         input_ids = torch.full((B, L), self.pad_id, dtype=torch.long)
@@ -158,6 +161,8 @@ class TransformersSampler:
                     d = dict(zip(top_i_l[a], top_v_l[a])) if top_i_l is not None else {}
                     d[t] = tok_lp_l[a]
                     tops[r].append(d)
+                if on_token is not None:
+                    on_token(first + r // n, r % n, t, tok_lp_l[a], tops[r][-1] if tops is not None else None)
                 if t in stop_ids:
                     finish[r], stop_reason[r] = "stop", t
                 elif params.stop and self._hit_stop_string(r, toks[r], params.stop, cut, stop_reason):

@@ -1,4 +1,5 @@
-"""A small client for OpenAI-compatible `/v1/completions` endpoints, in token-id space.
+"""A small client for OpenAI-compatible `/v1/completions` endpoints, in token-id space (and
+`/v1/chat/completions`, in text, for judge-guided pairs).
 
 PTS talks to the model only through this client, so the same search runs against our Ray
 Serve app (`phi4ray.serve.app`) or any vLLM OpenAI server. Prompts go out as token ids and
@@ -6,8 +7,10 @@ completions come back as token ids (vLLM's `return_token_ids`), so nothing is ev
 re-tokenised. Top alternatives come back keyed by token id (vLLM's
 `return_tokens_as_token_ids`: keys look like `token_id:123`).
 
-Overload (429, 503) is retried a bounded number of times, honouring `Retry-After`; any other
-error raises `CompletionError` with the server's message.
+Overload (429, 503), gateway errors (502, 504) and 500 (what Ray Serve answers for requests in
+flight on a replica that dies; sampling requests are safe to repeat) are retried a bounded
+number of times, honouring `Retry-After`; any other error raises `CompletionError` with the
+server's message.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import httpx
 
 __all__ = ["CompletionError", "CompletionsClient", "parse_token_key"]
 
-RETRY_STATUS = (429, 502, 503, 504)
+RETRY_STATUS = (429, 500, 502, 503, 504)
 
 
 class CompletionError(RuntimeError):
@@ -184,6 +187,28 @@ class CompletionsClient:
         if len(choices) != n:
             raise CompletionError(f"asked for {n} completions, the server returned {len(choices)}")
         return [self._parse_choice(c, logprobs is not None) for c in choices]
+
+    def chat(
+        self,
+        messages: list[dict],
+        n: int = 1,
+        temperature: float = 1.0,
+        max_tokens: int = 256,
+        seed: int | None = None,
+        *,
+        top_p: float = 1.0,
+    ) -> list[str]:
+        """`n` assistant replies to `messages` through `/chat/completions` (the server applies its
+        own chat template): the texts, in choice order. Used by judge-guided pairs."""
+        body: dict[str, Any] = {"model": self.model, "messages": messages, "n": n, "temperature": temperature,
+                                "top_p": top_p, "max_tokens": max_tokens}
+        if seed is not None:
+            body["seed"] = int(seed)
+        data = self._post("/chat/completions", body)
+        choices = sorted(data.get("choices", []), key=lambda c: c.get("index", 0))
+        if len(choices) != n:
+            raise CompletionError(f"asked for {n} chat completions, the server returned {len(choices)}")
+        return [str((c.get("message") or {}).get("content") or "") for c in choices]
 
     @staticmethod
     def _parse_choice(c: dict, want_logprobs: bool) -> dict[str, Any]:

@@ -19,6 +19,10 @@ Per question:
    the highest p, the rejected the lowest (ties: the likelier token); the pair is emitted if
    p_accepted - p_rejected >= p_gap.
 
+Costs are counted per question: `estimates` (prefixes whose p was sampled: one request each,
+n=K) and `oracle_calls` (completions checked). `scan_pivots` is the token-by-token baseline
+(p at every prefix), kept for tests and the benchmark; docs/pts.md compares the two.
+
 Everything is in token-id space: the query is encoded once, prefixes are id lists sent as
 `prompt: list[int]`, and completions come back as ids, so no text is ever re-tokenised. The
 endpoint is reached only through `CompletionsClient` (OpenAI `/v1/completions`), so it can be
@@ -27,7 +31,8 @@ so a re-run asks the same questions with the same seeds.
 
 `run_pts` runs the search over questions as Ray tasks (at most `cfg.concurrency` in flight),
 commits the pairs in shards of `SHARD_QUESTIONS` questions (a re-run skips committed shards),
-and writes `pts/pivots.jsonl`, `pts/questions.jsonl` and `pts/pairs/`.
+and writes `pts/pivots.jsonl`, `pts/questions.jsonl`, `pts/pairs/` (Parquet, the table DPO trains
+on) and `pts/pairs.jsonl` (the same pairs in the TRL layout of `phi4ray/tokens/dpo.py`, with ids).
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ import pyarrow as pa
 
 from phi4ray.config import PTSConfig
 from phi4ray.pts.client import CompletionsClient
-from phi4ray.pts.oracles import get_oracle
+from phi4ray.pts.oracles import check_many, get_oracle
 from phi4ray.run import RunDir, config_hash
 
 log = logging.getLogger(__name__)
@@ -54,6 +59,8 @@ __all__ = [
     "Segment",
     "subdivide",
     "pivotal_segments",
+    "scan_pivots",
+    "read_questions_jsonl",
     "QuestionSearch",
     "search_question",
     "run_pts",
@@ -123,6 +130,16 @@ def pivotal_segments(segments: list[Segment], p_gap: float) -> list[Segment]:
     return [s for s in segments if len(s.tokens) == 1 and abs(s.delta) >= p_gap]
 
 
+def scan_pivots(
+    prefix: Sequence[int], tokens: Sequence[int], p: Callable[[tuple[int, ...]], float], p_gap: float
+) -> list[Segment]:
+    """The token-by-token baseline: p after every prefix of `tokens`, pivotal where it moves by
+    `p_gap` or more. Exact (no blind spot for cancelling changes) but len(tokens) + 1 estimates."""
+    prefix, tokens = tuple(prefix), tuple(tokens)
+    ps = [p(prefix + tokens[:i]) for i in range(len(tokens) + 1)]
+    return [Segment(i, [tokens[i]], ps[i], ps[i + 1]) for i in range(len(tokens)) if abs(ps[i + 1] - ps[i]) >= p_gap]
+
+
 # -- one question against an endpoint ---------------------------------------------------------
 @dataclass
 class QuestionSearch:
@@ -137,6 +154,10 @@ class QuestionSearch:
     stop_ids: frozenset[int]
     cache: dict[tuple[int, ...], float] = field(default_factory=dict)
     root_samples: list[dict] = field(default_factory=list)
+    estimates: int = 0
+    """Prefixes whose p was sampled (one request of n=K each)."""
+    oracle_calls: int = 0
+    """Completions checked by the oracle."""
 
     # -- p(success | query + prefix) --------------------------------------------------------
     def seed_for(self, prefix: tuple[int, ...]) -> int:
@@ -152,7 +173,12 @@ class QuestionSearch:
         return decode(ids)
 
     def success(self, ids: Sequence[int]) -> bool:
+        self.oracle_calls += 1
         return bool(self.oracle(self.text_of(ids), self.answer))
+
+    def successes(self, completions: list[Sequence[int]]) -> list[bool]:
+        self.oracle_calls += len(completions)
+        return check_many(self.oracle, [self.text_of(c) for c in completions], self.answer)
 
     def p(self, prefix: tuple[int, ...]) -> float:
         prefix = tuple(prefix)
@@ -169,7 +195,8 @@ class QuestionSearch:
             )
             if not prefix:
                 self.root_samples = samples
-            value = sum(self.success(list(prefix) + s["token_ids"]) for s in samples) / len(samples)
+            self.estimates += 1
+            value = sum(self.successes([list(prefix) + s["token_ids"] for s in samples])) / len(samples)
         self.cache[prefix] = value
         return value
 
@@ -183,7 +210,7 @@ class QuestionSearch:
         summary: dict[str, Any] = {"id": self.question_id, "p": p0, "searched": False, "n_pivots": 0, "n_pairs": 0}
         pivots: list[dict] = []
         if not cfg.p_min <= p0 <= cfg.p_max:
-            return {"question": summary, "pivots": pivots, "pairs": []}
+            return {"question": self._costs(summary), "pivots": pivots, "pairs": []}
         summary["searched"] = True
         query_text = decode(self.query_ids)
         seen: set[tuple[int, ...]] = set()  # pivotal prefixes already judged
@@ -200,7 +227,11 @@ class QuestionSearch:
                 pivots.append(self._judge(si, prefix, seg.tokens[0], seg, sol, query_text))
         pairs = [self._pair(pv) for pv in pivots if pv["emitted"]]
         summary["n_pivots"], summary["n_pairs"] = len(pivots), len(pairs)
-        return {"question": summary, "pivots": pivots, "pairs": pairs}
+        return {"question": self._costs(summary), "pivots": pivots, "pairs": pairs}
+
+    def _costs(self, summary: dict) -> dict:
+        summary["estimates"], summary["oracle_calls"] = self.estimates, self.oracle_calls
+        return summary
 
     def _alternatives(self, prefix: tuple[int, ...], sol: dict) -> dict[int, float]:
         """{token id: logprob} of the likeliest next tokens after `prefix` (top `candidates`)."""
@@ -235,8 +266,10 @@ class QuestionSearch:
             "pivot_token": decode([tok]),
             "pivot_token_id": tok,
             "position": seg.start,
-            "p_before": seg.p_before,
-            "p_after": seg.p_after,
+            "prob_before": seg.p_before,
+            "prob_after": seg.p_after,
+            "prob_delta": seg.delta,
+            "is_positive": seg.delta > 0,
             "accepted_token": acc["token"],
             "accepted_token_id": acc["token_id"],
             "p_accepted": acc["p"],
@@ -250,6 +283,7 @@ class QuestionSearch:
     @staticmethod
     def _pair(pv: dict) -> dict:
         return {
+            "id": f"{pv['question_id']}/s{pv['solution']}/t{pv['position']}",
             "question_id": pv["question_id"],
             "prompt": pv["query"] + pv["pivot_context"],
             "chosen": pv["accepted_token"],
@@ -257,35 +291,54 @@ class QuestionSearch:
             "prompt_ids": list(pv["query_ids"]) + list(pv["prefix_ids"]),
             "chosen_ids": [pv["accepted_token_id"]],
             "rejected_ids": [pv["rejected_token_id"]],
-            "p_before": pv["p_before"],
-            "p_after": pv["p_after"],
+            "p_before": pv["prob_before"],
+            "p_after": pv["prob_after"],
             "p_chosen": pv["p_accepted"],
             "p_rejected": pv["p_rejected"],
         }
 
 
-def search_question(cfg: PTSConfig, endpoint: str, model: str, question: dict) -> dict[str, Any]:
+def question_answer(question: dict, oracle: str) -> Any:
+    """The reference a question is checked against: `answer`; for the code oracle, test code in
+    `answer` or, when `answer` is absent, in `tests`."""
+    if oracle == "code" and question.get("answer") is None:
+        return question.get("tests")
+    return question.get("answer")
+
+
+def search_question(cfg: PTSConfig, endpoint: str, model: str, question: dict,
+                    client: Any = None) -> dict[str, Any]:
     """PTS on one `{"id", "prompt", "answer"}` question against `endpoint`. Never raises:
-    an error is returned in the summary (`error`) so one bad question cannot stop a run."""
+    an error is returned in the summary (`error`) so one bad question cannot stop a run.
+    `client` replaces the endpoint's `CompletionsClient` (a scripted sampler in tests)."""
     from phi4ray.inference.sampler import default_stop_token_ids
     from phi4ray.tokenizer import encode
 
     stop_ids = default_stop_token_ids()
     qid = str(question.get("id", ""))
-    with CompletionsClient(endpoint, model, stop_token_ids=stop_ids) as client:
-        try:
-            qs = QuestionSearch(
-                cfg=cfg, client=client, question_id=qid,
-                query_ids=encode(question["prompt"], allow_special=True),
-                answer=str(question["answer"]), oracle=get_oracle(cfg.oracle), stop_ids=frozenset(stop_ids),
-            )
-            out = qs.run()
-        except Exception as e:  # the endpoint failed for good, or a bug: record it, go on
-            log.warning("PTS question %s failed: %r", qid, e)
-            out = {"question": {"id": qid, "p": None, "searched": False, "n_pivots": 0, "n_pairs": 0,
-                                "error": f"{type(e).__name__}: {e}"}, "pivots": [], "pairs": []}
-        out["requests"] = client.requests
-        out["question"]["requests"] = client.requests
+    own = client is None
+    if own:
+        client = CompletionsClient(endpoint, model, stop_token_ids=stop_ids)
+    qs = None
+    try:
+        qs = QuestionSearch(
+            cfg=cfg, client=client, question_id=qid,
+            query_ids=encode(question["prompt"], allow_special=True),
+            answer=str(question_answer(question, cfg.oracle)), oracle=get_oracle(cfg.oracle),
+            stop_ids=frozenset(stop_ids),
+        )
+        out = qs.run()
+    except Exception as e:  # the endpoint failed for good, or a bug: record it, go on
+        log.warning("PTS question %s failed: %r", qid, e)
+        out = {"question": {"id": qid, "p": None, "searched": False, "n_pivots": 0, "n_pairs": 0,
+                            "error": f"{type(e).__name__}: {e}"}, "pivots": [], "pairs": []}
+        if qs is not None:
+            qs._costs(out["question"])
+    finally:
+        if own:
+            client.close()
+    out["requests"] = client.requests
+    out["question"]["requests"] = client.requests
     return out
 
 
@@ -306,15 +359,46 @@ def p_distribution(ps: list[float], bins: int = 10) -> dict[str, Any]:
             "mean": sum(ps) / len(ps) if ps else None}
 
 
-def _validate_question(q: Any) -> str | None:
+INVALID = "_invalid"
+"""Key of the placeholder records `read_questions_jsonl` yields for unreadable lines."""
+
+
+def read_questions_jsonl(path: str) -> list[dict]:
+    """The questions of a JSONL file, one per non-blank line. A line that is not a JSON object
+    becomes `{"id": "line:N", "_invalid": why}`, which `run_pts` turns into a reject: a bad line
+    never stops a run. Missing fields are left for `run_pts` to reject with their reason."""
+    out: list[dict] = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                q = json.loads(line)
+            except json.JSONDecodeError as e:
+                out.append({"id": f"line:{n}", INVALID: f"line {n}: not JSON: {e}", "line": line[:500]})
+                continue
+            if not isinstance(q, dict):
+                out.append({"id": f"line:{n}", INVALID: f"line {n}: not a JSON object: {type(q).__name__}",
+                            "line": line[:500]})
+                continue
+            out.append(q)
+    return out
+
+
+def _validate_question(q: Any, oracle: str = "math") -> str | None:
     if not isinstance(q, dict):
         return f"a question must be a dict, got {type(q).__name__}"
-    for k in ("id", "prompt", "answer"):
-        if k not in q or q[k] is None:
-            return f"missing '{k}'"
+    if q.get(INVALID):
+        return str(q[INVALID])
+    answer = question_answer(q, oracle)
+    for k, v in (("id", q.get("id")), ("prompt", q.get("prompt")), ("answer", answer)):
+        if v is None:
+            return f"missing '{k}'" + (" (or 'tests')" if k == "answer" and oracle == "code" else "")
     if not isinstance(q["prompt"], str) or not q["prompt"]:
         return "'prompt' must be a non-empty string"
-    if str(q["answer"]).strip() == "":
+    if isinstance(answer, (dict, list)):
+        return f"'answer' must be a string or a number, got {type(answer).__name__}"
+    if str(answer).strip() == "":
         return "'answer' is empty"
     return None
 
@@ -324,10 +408,11 @@ def pts_config_hash(cfg: PTSConfig, model: str, questions: list[dict]) -> str:
     if cfg.max_questions is not None:
         questions = questions[: cfg.max_questions]
     digest = hashlib.sha256(
-        json.dumps([[str(q.get("id")), q.get("prompt"), str(q.get("answer"))] if isinstance(q, dict) else repr(q)
-                    for q in questions]).encode()
+        json.dumps([[str(q.get("id")), q.get("prompt"), str(question_answer(q, cfg.oracle))]
+                    if isinstance(q, dict) else repr(q) for q in questions]).encode()
     ).hexdigest()[:16]
-    return config_hash({"pts": cfg.model_dump(mode="json"), "model": model, "questions": digest})
+    pts = cfg.model_dump(mode="json", exclude={"judge"})  # judge pairs are their own stage
+    return config_hash({"pts": pts, "model": model, "questions": digest})
 
 
 def run_pts(
@@ -363,7 +448,7 @@ def run_pts(
     todo: list[tuple[int, int]] = []
     for si in pending:
         for qi, q in enumerate(shards[si]):
-            why = _validate_question(q)
+            why = _validate_question(q, cfg.oracle)
             if why:
                 record = q if isinstance(q, dict) else {"record": repr(q)}
                 rejects[si].append(reject_row(record, "pts", "validate", Reject("invalid_question", why)))
@@ -385,11 +470,14 @@ def run_pts(
         run_dir.write_jsonl(f"pts/parts/questions-{names[si]}.jsonl", [r["question"] for r in done])
         run_dir.write_jsonl(f"pts/parts/pivots-{names[si]}.jsonl",
                             [_public_pivot(p) for r in done for p in r["pivots"]])
+        run_dir.write_jsonl(f"pts/parts/pairs-{names[si]}.jsonl", [p for r in done for p in r["pairs"]])
         if rejects[si]:
             run_dir.commit_table("rejects/pts", names[si], pa.Table.from_pylist(rejects[si], schema=REJECT_SCHEMA))
         pairs = [p for r in done for p in r["pairs"]]
         meta = {"questions": len(done), "pairs": len(pairs), "requests": sum(r["requests"] for r in done),
-                "rejected": len(rejects[si])}
+                "rejected": len(rejects[si]),
+                "estimates": sum(r["question"].get("estimates", 0) for r in done),
+                "oracle_calls": sum(r["question"].get("oracle_calls", 0) for r in done)}
         run_dir.commit_table("pts/pairs", names[si], pa.Table.from_pylist(pairs, schema=PAIRS_SCHEMA), meta=meta)
         count("pts", "read", len(shards[si]))
         count("pts", "kept", len(done) - sum(bool(r["question"].get("error")) for r in done))
@@ -420,14 +508,18 @@ def run_pts(
         run_dir.fail_stage("pts", f"{type(e).__name__}: {e}")
         raise
 
-    # Assemble the per-shard parts into the stage's two JSONL files.
+    # Assemble the per-shard parts into the stage's JSONL files.
     q_rows: list[dict] = []
     pv_rows: list[dict] = []
+    pair_rows: list[dict] = []
     for name in names:
         q_rows += run_dir.read_jsonl(f"pts/parts/questions-{name}.jsonl")
         pv_rows += run_dir.read_jsonl(f"pts/parts/pivots-{name}.jsonl")
+        if run_dir.exists(f"pts/parts/pairs-{name}.jsonl"):  # absent in shards written before pairs.jsonl
+            pair_rows += run_dir.read_jsonl(f"pts/parts/pairs-{name}.jsonl")
     run_dir.write_jsonl("pts/questions.jsonl", q_rows)
     run_dir.write_jsonl("pts/pivots.jsonl", pv_rows)
+    run_dir.write_jsonl("pts/pairs.jsonl", [_trl_pair(p) for p in pair_rows])
     metas = [run_dir.shard_meta("pts/pairs", n) for n in names]
     ok = [r for r in q_rows if not r.get("error")]
     dist = p_distribution([r["p"] for r in ok])
@@ -439,12 +531,24 @@ def run_pts(
         "pivots": len(pv_rows),
         "pairs": sum(m.get("pairs", 0) for m in metas),
         "requests": sum(m.get("requests", 0) for m in metas),
+        "estimates": sum(m.get("estimates", 0) for m in metas),
+        "oracle_calls": sum(m.get("oracle_calls", 0) for m in metas),
         "p_deciles": dist["deciles"],
         "p_histogram": dist["histogram"],
         "p_mean": dist["mean"],
     }
     run_dir.finish_stage("pts", counts=counts)
     return counts
+
+
+TRL_PAIR_KEYS = ("id", "prompt", "chosen", "rejected", "prompt_ids", "chosen_ids", "rejected_ids")
+
+
+def _trl_pair(pair: dict) -> dict:
+    """A pairs.jsonl row: `DPO_SCHEMA`'s columns (TRL's standard layout: the prompt is the query
+    plus the solution prefix as text; chosen and rejected are one token each, with their ids), and
+    the provenance (question id, p before/after the pivot, p after chosen/rejected)."""
+    return {**{k: pair[k] for k in TRL_PAIR_KEYS}, **{k: v for k, v in pair.items() if k not in TRL_PAIR_KEYS}}
 
 
 def _public_pivot(pv: dict) -> dict:
