@@ -536,6 +536,10 @@ class TrainConfig(Strict):
     """Training context; None: the packed rows' length."""
     init_from: str | None = None
     """Stage whose HF export initialises this one (pretrain: None, a fresh preset)."""
+    gradient_checkpointing: bool = False
+    """Recompute each decoder layer's activations in the backward pass instead of storing them
+    (transformers' gradient checkpointing): about a third more compute for activation memory of
+    one layer input per layer, which long contexts need (docs/scaling.md works it out)."""
     doc_masking: bool = False
     """Keep attention inside each document of a packed row (position ids restart per document:
     a block-diagonal mask on CPU/SDPA, flash-attn varlen with `flash_attention_2`)."""

@@ -1,5 +1,6 @@
-"""ZeRO-Offload: optimizer state (ZeRO-2) and also parameters (ZeRO-3) in CPU memory, with
-DeepSpeed's CPU Adam (built on first use), learn a fixed batch like the in-memory stages do."""
+"""ZeRO-Offload: optimizer state (ZeRO-2) and also parameters (ZeRO-3, with gradient
+checkpointing) in CPU memory, with DeepSpeed's CPU Adam (built on first use), learn a fixed batch
+like the in-memory stages do."""
 
 import json
 import subprocess
@@ -13,7 +14,8 @@ from phi4ray.config import TrainConfig
 from phi4ray.train.loop import LoopSpec, train_local
 stage, params = int(sys.argv[1]), sys.argv[2] == "1"
 cfg = TrainConfig(num_workers=1, cpus_per_worker=1, micro_batch_size=4, global_batch_size=4, lr=3e-2,
-                  warmup_steps=0, max_steps=12, zero_stage=stage, offload_optimizer=True, offload_params=params)
+                  warmup_steps=0, max_steps=12, zero_stage=stage, offload_optimizer=True, offload_params=params,
+                  gradient_checkpointing=params)
 row = [100, 200, 300, 400, 500, 600, 700, 800, 900]
 with tempfile.TemporaryDirectory() as t:
     spec = LoopSpec(stage="offload", objective="lm", train=cfg.model_dump(mode="json"), total_steps=12, run_dir=t,

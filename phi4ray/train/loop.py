@@ -226,6 +226,8 @@ def _load_policy(spec: LoopSpec, cfg: TrainConfig):
         model.model.rotary_emb = type(model.model.rotary_emb)(config=model.config)
     if cfg.seq_len and cfg.seq_len > model.config.max_position_embeddings:
         model.config.max_position_embeddings = cfg.seq_len
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model
 
 
