@@ -29,7 +29,9 @@ def init_ray(cfg: RayConfig) -> None:
     if address:
         ray.init(address=address)
     else:
-        ctx = ray.init(num_cpus=cfg.num_cpus)
+        # "local": a new instance even when another one runs on this machine (plain ray.init()
+        # would join the latest one started here, and then refuse num_cpus)
+        ctx = ray.init(address="local", num_cpus=cfg.num_cpus)
         if ctx.dashboard_url:
             log.warning("Ray dashboard: http://%s", ctx.dashboard_url)
 

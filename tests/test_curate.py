@@ -215,7 +215,7 @@ def test_run_curate_on_samples(ray_local, tmp_path):
 
 KILLED_RUN = """
 import os, sys, ray
-ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
 from phi4ray.config import CurateConfig
 from phi4ray.data.curate import run_curate
 from phi4ray.run import RunDir

@@ -424,7 +424,7 @@ def run_judge_pairs(
 
     with run_dir.failure_recorded(STAGE):
         if not ray.is_initialized():
-            ray.init()
+            ray.init(address=os.environ.get("RAY_ADDRESS") or "local")
         shards = [questions[i : i + cfg.shard_questions] for i in range(0, len(questions), cfg.shard_questions)]
         names = [f"{i:05d}" for i in range(len(shards))]
         pending = [i for i, n in enumerate(names) if not run_dir.exists(f"dpo/judged/meta-{n}.json")]
