@@ -24,6 +24,11 @@ import pytest
 from phi4ray.synth.sandbox import SandboxConfig, probe_isolation, resolve_isolation, run_code, run_many
 
 REPO = Path(__file__).resolve().parents[1]
+# Inside the sandbox /tmp is a private tmpfs, so a checkout under /tmp is invisible there: writes
+# to it fail as missing paths, never reaching the host, instead of being reported as forbidden.
+repo_visible = pytest.mark.skipif(
+    str(REPO).startswith("/tmp/"), reason="the checkout is under /tmp, which the sandbox replaces with its own"
+)
 HANGS = SandboxConfig(timeout_s=2.0)  # for snippets that never finish by themselves
 NAMESPACED = ("namespaces", "userns")
 
@@ -214,6 +219,7 @@ def test_big_file_is_output_limit():
     assert r.status == "output_limit" and "File too large" in r.reason, r
 
 
+@repo_visible
 def test_writes_outside_its_directory_do_not_reach_the_host(level):
     name = f"phi4ray_escape_{uuid.uuid4().hex}"
     # The interpreter's folder is never under /tmp, where the sandbox has a private tmpfs (a
@@ -244,6 +250,7 @@ def test_writes_outside_its_directory_do_not_reach_the_host(level):
                 os.unlink(t)
 
 
+@repo_visible
 def test_direct_write_into_the_repo_is_forbidden():
     target = REPO / f"phi4ray_escape_{uuid.uuid4().hex}"
     try:
@@ -418,6 +425,7 @@ def _interpreter_for(level: str) -> str:
     pytest.skip(f"isolation {level!r} does not work here: " + "; ".join(reasons))
 
 
+@repo_visible
 @pytest.mark.parametrize("forced", ["namespaces", "userns", "uid", "none"])
 def test_each_available_level_contains_the_basics(forced):
     python = _interpreter_for(forced)
