@@ -13,11 +13,10 @@ import socket
 
 import pyarrow.parquet as pq
 import pytest
-import torch
 
 from phi4ray.config import EngineConfig, PTSConfig, ServeConfig
-from phi4ray.model import build_model, save_checkpoint
 from phi4ray.pts.search import PAIRS_SCHEMA, pivotal_segments, run_pts, subdivide
+from phi4ray.pts.testing import bigram_checkpoint
 from phi4ray.run import RunDir
 from phi4ray.tokenizer import IM_END_ID, IM_SEP_ID, decode, encode
 
@@ -31,27 +30,6 @@ BIGRAM = {
 }
 QUERY = "<|im_start|>user<|im_sep|>9+8=<|im_end|><|im_start|>assistant<|im_sep|>"
 MODEL = "phi4ray-test"
-
-
-def bigram_checkpoint(path, table, margin=30.0):
-    """A micro model whose next-token logits are margin + log p(next | current token), 0 elsewhere."""
-    model = build_model("micro", seed=0)
-    tokens = sorted(set(table) | {t for row in table.values() for t in row})
-    d = model.config.hidden_size
-    with torch.no_grad():
-        for layer in model.model.layers:
-            layer.self_attn.o_proj.weight.zero_()
-            layer.mlp.down_proj.weight.zero_()
-        emb, head = model.model.embed_tokens.weight, model.lm_head.weight
-        emb[:, : len(tokens)] = 0.0
-        head.zero_()
-        for i, t in enumerate(tokens):
-            emb[t].zero_()
-            emb[t, i] = 1.0  # after the final RMSNorm this is sqrt(d) * e_i
-            for nxt, p in table.get(t, {}).items():
-                head[nxt, i] = (margin + math.log(p)) / math.sqrt(d)
-    save_checkpoint(model, path)
-    return str(path)
 
 
 def free_port() -> int:
