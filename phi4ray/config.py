@@ -314,7 +314,9 @@ class SamplingConfig(Strict):
 class EngineConfig(Strict):
     engine: Literal["transformers", "vllm"] = "transformers"
     model: str | None = None
-    """An HF checkpoint folder. None: a freshly initialised `preset` (offline stand-in)."""
+    """A phi4ray checkpoint folder or a trained stage's name (`sft`); or a teacher: any HF causal LM
+    folder, a `.gguf` file, or a bundled name such as `smollm2-135m-instruct` (see
+    `phi4ray/inference/models.py`). None: a freshly initialised `preset` (offline stand-in)."""
     preset: str = "tiny"
     num_actors: int = Field(1, ge=1)
     batch_size: int = Field(4, ge=1)

@@ -57,6 +57,9 @@ class ScriptedSampler:
             answer = next((a for k, a in self.rules if k in t), "I cannot help with that.")
             answer = answer(t) if callable(answer) else answer
             samples = answer if isinstance(answer, list) else [answer] * params.n
+            # a template's prefill ends the prompt (after the assistant header): the model continues it
+            prefill = t.rsplit("<|im_sep|>", 1)[-1]
+            samples = [x[len(prefill):] if prefill and x.startswith(prefill) else x for x in samples]
             assert len(samples) == params.n, (len(samples), params.n)
             out.append([Completion(text=s, token_ids=encode(s) or [0], logprobs=[0.0] * max(1, len(encode(s))),
                                    top_logprobs=None, finish_reason="stop") for s in samples])
@@ -316,7 +319,7 @@ def test_responses_judge_picks_the_best_and_writes_chatml():
                                ("Explain struct.pack.", cands)])
     recs = [{"id": k, "seed_id": k, "text": f"{k} {PASSAGE}"} for k in ("GOOD", "ODD", "SHRUG")]
     recs.append({"id": "NOREQ", "seed_id": "NOREQ", "text": "x"})
-    sampler.rules.insert(0, ("Passage:\nx", "I will not."))
+    sampler.rules.insert(0, ("Passage:\nx", "Request:\n\nI will not."))  # nothing on the Request line
     works = run_op("responses", ResponsesConfig(enabled=True, n_responses=3), recs, sampler)
     row = kept(works)["GOOD"]
     assert row["source"] == "sft" and row["kind"] == "responses"
@@ -496,7 +499,7 @@ def test_run_plurality_answers_with_a_trained_stage_checkpoint(ray_local, tmp_pa
     qs = [{"id": f"q{i}", "prompt": f"{i}+{i}=", "answer": str(2 * i), "split": "pts"} for i in range(1, 3)]
     qs.append({"id": "h", "prompt": "1+1=", "answer": "2", "split": "heldout"})
     run_dir.commit_table("questions", "arithmetic", pa.Table.from_pylist(qs, schema=QUESTION_SCHEMA))
-    with pytest.raises(FileNotFoundError, match="neither a checkpoint folder nor a trained stage"):
+    with pytest.raises(FileNotFoundError, match="neither a checkpoint folder, a .gguf file, a bundled model nor a trained stage"):
         resolve_model(EngineConfig(model="sft"), run_dir)
     save_checkpoint(build_model("micro"), run_dir.path("checkpoints/sft/hf"))  # stands in for the SFT export
     path, name, tag = resolve_model(EngineConfig(model="sft"), run_dir)

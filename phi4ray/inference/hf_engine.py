@@ -39,7 +39,10 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 class TransformersSampler:
-    """`Sampler` over a Hugging Face causal LM (a `Phi3ForCausalLM` from `phi4ray.model`)."""
+    """`Sampler` over a Hugging Face causal LM: a `Phi3ForCausalLM` from `phi4ray.model`, or, with
+    `tokenizer` (a Hugging Face tokenizer), a teacher model with its own vocabulary (see
+    `phi4ray.inference.models`). With a teacher, str prompts and text go through its tokenizer,
+    and the default `stop_token_ids` (phi4ray's end-of-text and end-of-turn) mean its own."""
 
     def __init__(
         self,
@@ -49,6 +52,7 @@ class TransformersSampler:
         max_batch_rows: int = 64,
         max_model_len: int | None = None,
         score_chunk_tokens: int = 512,
+        tokenizer=None,
     ):
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
@@ -57,18 +61,30 @@ class TransformersSampler:
         self.max_model_len = min(max_model_len, ctx) if max_model_len else ctx
         self.vocab_size = model.config.vocab_size
         self.score_chunk_tokens = score_chunk_tokens
-        from phi4ray.tokenizer import PAD_ID
+        self.tokenizer = tokenizer
+        if tokenizer is None:
+            from phi4ray.tokenizer import PAD_ID
 
-        self.pad_id = PAD_ID
+            self.pad_id = PAD_ID
+            self.end_ids: list[int] | None = None
+        else:
+            ends = {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")}
+            self.end_ids = sorted(i for i in ends if isinstance(i, int) and 0 <= i < self.vocab_size)
+            self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.end_ids[0]
 
     @classmethod
     def from_pretrained(
         cls, path: str, device: str | torch.device | None = "auto", dtype=None, **kwargs
     ) -> "TransformersSampler":
+        from phi4ray.inference.models import is_phi4ray_checkpoint, load_teacher, resolve_bundled
         from phi4ray.model import load_model
 
         dev = resolve_device(device)
-        return cls(load_model(path, dtype=dtype, device=str(dev)), device=dev, **kwargs)
+        path = resolve_bundled(path) or path
+        if is_phi4ray_checkpoint(path):
+            return cls(load_model(path, dtype=dtype, device=str(dev)), device=dev, **kwargs)
+        model, tok = load_teacher(path, dtype=dtype, device=str(dev))
+        return cls(model, device=dev, tokenizer=tok, **kwargs)
 
     # -- tokens -----------------------------------------------------------------------------
     @staticmethod
@@ -85,12 +101,46 @@ class TransformersSampler:
 
         return decode(list(ids))
 
+    def _encode(self, prompt: str | Sequence[int]) -> list[int]:
+        if self.tokenizer is None or not isinstance(prompt, str):
+            return self.encode_prompt(prompt)
+        return list(self.tokenizer.encode(prompt, add_special_tokens=False))
+
+    def _decode(self, ids: Sequence[int]) -> str:
+        return self.decode(ids) if self.tokenizer is None else self.tokenizer.decode(list(ids), skip_special_tokens=False)
+
+    def encode_text(self, text: str) -> list[int]:
+        """Ordinary text (special-token strings stay text) as this model's token ids."""
+        if self.tokenizer is None:
+            from phi4ray.tokenizer import encode
+
+            return encode(text)
+        return list(self.tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True))
+
+    def chat_ids(self, messages: list[dict]) -> list[int]:
+        """Token ids of a conversation plus the assistant generation prompt, in this model's chat format."""
+        if self.tokenizer is None:
+            from phi4ray.tokenizer import render_chat
+
+            return render_chat(messages, add_generation_prompt=True)[0]
+        out = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        return list(out["input_ids"] if isinstance(out, dict) or hasattr(out, "keys") else out)
+
+    def _stop_ids(self, params: SamplingParams) -> set[int]:
+        ids = list(params.stop_token_ids or [])
+        if self.end_ids is not None:
+            from phi4ray.inference.sampler import default_stop_token_ids
+
+            if sorted(ids) == sorted(default_stop_token_ids()):
+                return set(self.end_ids)
+        return set(ids)
+
     # -- generate ---------------------------------------------------------------------------
     @torch.inference_mode()
     def generate(self, prompts: list[str | list[int]], params: SamplingParams, on_token=None) -> list[list[Completion]]:
         """`on_token(prompt_index, sample_index, token_id, logprob, top)`, if given, is called for every
         sampled token as soon as it is decoded (streaming); an exception it raises aborts the call."""
-        ids = [self.encode_prompt(p) for p in prompts]
+        ids = [self._encode(p) for p in prompts]
         for i, p in enumerate(ids):
             if not p:
                 raise ValueError(f"prompt {i} is empty")
@@ -127,7 +177,7 @@ class TransformersSampler:
 
         R = B * n
         budget = [min(params.max_tokens, self.max_model_len - len(prompts[r // n])) for r in range(R)]
-        stop_ids = set(params.stop_token_ids or [])
+        stop_ids = self._stop_ids(params)
         gens = None
         if params.temperature > 0:
             gens = []
@@ -194,7 +244,7 @@ class TransformersSampler:
                 r = b * n + j
                 ids = toks[r]
                 text_ids = ids[:-1] if finish[r] == "stop" and cut[r] is None and ids and ids[-1] in stop_ids else ids
-                text = self.decode(text_ids)
+                text = self._decode(text_ids)
                 if cut[r] is not None:
                     text = text[: cut[r]]
                 row.append(Completion(
@@ -231,8 +281,8 @@ class TransformersSampler:
         return (probs / noise).argmax(dim=-1)
 
     def _hit_stop_string(self, r: int, ids: list[int], stop: list[str], cut: list, stop_reason: list) -> bool:
-        text = self.decode(ids)
-        last = self.decode(ids[:-1]) if len(ids) > 1 else ""
+        text = self._decode(ids)
+        last = self._decode(ids[:-1]) if len(ids) > 1 else ""
         # Only a stop string that ends inside the newest token's text is new.
         longest = max(len(s) for s in stop)
         start = max(0, len(last) - longest + 1)
@@ -263,7 +313,7 @@ class TransformersSampler:
         tops: list[list[dict[int, float]]] | None = [] if top_k else None
         rows = max(1, self.max_batch_rows)
         for s in range(0, len(prompts), rows):
-            chunk = [self.encode_prompt(p) for p in prompts[s : s + rows]]
+            chunk = [self._encode(p) for p in prompts[s : s + rows]]
             a, t = self._score_chunk(chunk, top_k)
             lps.extend(a)
             if tops is not None:

@@ -15,8 +15,9 @@ whole batch is retried record by record, and the records that still fail become
 `generation_failed: <error>` rejects. Nothing a single record does can kill the batch.
 
 Prompts are template files in `synth/templates/` (a user turn; `{field}` placeholders filled in
-one pass, so a passage that contains `{facts}` stays as it is), rendered as a ChatML user turn
-with `render_chat` (a passage cannot inject special tokens). Every output row records its
+one pass, so a passage that contains `{facts}` stays as it is), rendered as a user turn in the
+engine model's chat format (`sampler.chat_ids`: phi4ray's ChatML for our checkpoints, the
+teacher's own template for a teacher model; a passage cannot inject special tokens). Every output row records its
 provenance: the op, each step's template id (`name@sha`, the file's content hash), the model,
 each step's sampling parameters and the sampling seed.
 
@@ -27,6 +28,7 @@ pool). The stage driver (`synth/run.py`) owns inputs, shards, commits and counts
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -72,9 +74,33 @@ _FIELD = re.compile(r"\{(\w+)\}")
 
 
 def fill(name: str, **fields: Any) -> str:
-    """Template `name` with its `{field}`s replaced in one pass (inserted text is not re-scanned)."""
-    text = load_template(name)
-    return _FIELD.sub(lambda m: str(fields[m.group(1)]) if m.group(1) in fields else m.group(0), text).strip()
+    """Template `name` with its `{field}`s replaced in one pass (inserted text is not re-scanned).
+    A marker line inside a field's text is defused, so only the template can set a prefill."""
+    user, prefill = split_prefill(load_template(name))
+
+    def value(m: re.Match) -> str:
+        if m.group(1) not in fields:
+            return m.group(0)
+        return str(fields[m.group(1)]).replace(_MARK_LINE, "<<< assistant >>>")
+
+    text = _FIELD.sub(value, user).strip()
+    prefill = prefill.rstrip("\n")
+    return text + PREFILL_MARK + prefill if prefill else text
+
+
+_MARK_LINE = "<<<assistant>>>"
+PREFILL_MARK = f"\n{_MARK_LINE}\n"
+"""In a template, the line `<<<assistant>>>` ends the user turn; the text after it is the start of
+the assistant's answer (a prefill, such as `Question:`). The model continues from there, which
+keeps even small models in the requested format, and the completion text an op parses begins
+with the prefill."""
+
+
+def split_prefill(prompt: str) -> tuple[str, str]:
+    """(user turn, prefill) of a filled template. The last marker counts: templates put it after
+    their fields, so a passage that contains the marker cannot move it."""
+    user, mark, prefill = prompt.rpartition(PREFILL_MARK)
+    return (user, prefill) if mark else (prompt, "")
 
 
 def chat_prompt(content: str) -> list[int]:
@@ -141,7 +167,8 @@ class LLM:
         from phi4ray.inference.sampler import SamplingParams
 
         params = SamplingParams.from_config(sampling, n=n or sampling.n)
-        ids = [chat_prompt(p) if isinstance(p, str) else list(p) for p in prompts]
+        prefills = [split_prefill(p)[1] if isinstance(p, str) else "" for p in prompts]
+        ids = [self.prompt_ids(p) if isinstance(p, str) else list(p) for p in prompts]
         out: list[list | None] = [None] * len(works)
         todo = []
         for i, (w, t) in enumerate(zip(works, ids)):
@@ -154,9 +181,22 @@ class LLM:
             if isinstance(res, Exception):
                 works[i].fail(step, "generation_failed", f"{type(res).__name__}: {res}")
             else:
-                out[i] = res
+                out[i] = [dataclasses.replace(c, text=prefills[i] + c.text) for c in res] if prefills[i] else res
                 works[i].tokens += sum(len(c.token_ids) for c in res)
         return out
+
+    def prompt_ids(self, prompt: str) -> list[int]:
+        """A filled template as token ids: its user turn in the engine model's chat format, then the
+        start of the assistant's answer if the template gives one."""
+        user, prefill = split_prefill(prompt)
+        render = getattr(self.sampler, "chat_ids", None)
+        ids = render([{"role": "user", "content": user}]) if render else chat_prompt(user)
+        if prefill:
+            encode = getattr(self.sampler, "encode_text", None)
+            if encode is None:
+                from phi4ray.tokenizer import encode
+            ids = ids + encode(prefill)
+        return ids
 
     def _generate(self, prompts: list[list[int]], params) -> list:
         if not prompts:

@@ -26,7 +26,7 @@ from phi4ray.synth.ops import LLM, Inputs, Op, Work, clip, fill, register
 _LABEL = r"^[ \t>#*_]*{name}[ \t*_]*[:：][ \t*_]*"
 _Q = re.compile(_LABEL.format(name="question"), re.I | re.M)
 _R = re.compile(_LABEL.format(name="(?:reasoning|solution|explanation)"), re.I | re.M)
-_A = re.compile(_LABEL.format(name="(?:final\\s+)?answer"), re.I | re.M)
+_A = re.compile(_LABEL.format(name="(?:the\\s+)?(?:final\\s+)?answer"), re.I | re.M)
 
 
 def parse_qa(text: str) -> dict[str, str] | str:

@@ -101,20 +101,25 @@ def _arithmetic(cfg: SynthConfig, run_dir: RunDir) -> dict:
 def resolve_model(engine: EngineConfig, run_dir: RunDir) -> tuple[str | None, str, str]:
     """(local checkpoint folder or None, the name provenance records, a short tag for shard names).
 
-    `engine.model` is an HF folder, or the name of a training stage of this run (`sft` ->
-    `<run_dir>/checkpoints/sft/hf`), or None: a freshly initialised `engine.preset`."""
+    `engine.model` is an HF folder or `.gguf` file, a bundled model's name (`inference/models.py`),
+    the name of a training stage of this run (`sft` -> `<run_dir>/checkpoints/sft/hf`), or None:
+    a freshly initialised `engine.preset`."""
     m = engine.model
     if m is None:
         return None, f"preset:{engine.preset} (randomly initialised)", f"preset-{engine.preset}"
     if re.fullmatch(r"[\w.-]+", m) and run_dir.exists(f"checkpoints/{m}/hf", "config.json"):
         return run_dir.local_dir(f"checkpoints/{m}/hf"), run_dir.uri_of(f"checkpoints/{m}/hf"), m
-    if os.path.isdir(m) or "://" in m:
+    from phi4ray.inference.models import BUNDLED, resolve_bundled
+
+    if m in BUNDLED:
+        return resolve_bundled(m), m, m
+    if os.path.isdir(m) or (os.path.isfile(m) and m.endswith(".gguf")) or "://" in m:
         import hashlib
 
         tag = re.sub(r"[^\w.-]+", "_", os.path.basename(m.rstrip("/")))[:40] or "model"
         return m, m, f"{tag}-{hashlib.sha256(m.encode()).hexdigest()[:6]}"
     raise FileNotFoundError(
-        f"engine.model {m!r} is neither a checkpoint folder nor a trained stage of {run_dir.uri} "
+        f"engine.model {m!r} is neither a checkpoint folder, a .gguf file, a bundled model nor a trained stage of {run_dir.uri} "
         f"(no {run_dir.uri_of(f'checkpoints/{m}/hf')}); train that stage first or pass a path"
     )
 
