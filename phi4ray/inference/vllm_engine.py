@@ -42,6 +42,15 @@ def import_vllm():
 class VLLMSampler:
     def __init__(self, model_path: str, engine_cfg: "EngineConfig | None" = None, **llm_kwargs):
         vllm = import_vllm()
+        from phi4ray.inference.models import is_phi4ray_checkpoint, resolve_bundled
+
+        model_path = resolve_bundled(model_path) or model_path
+        if not is_phi4ray_checkpoint(model_path):
+            raise ValueError(
+                f"the vllm engine reads phi4ray checkpoints (Phi-3 architecture, Phi-4 vocabulary); {model_path} "
+                "is a teacher model with its own tokenizer: use `engine: transformers` for it, or serve it with "
+                "vLLM's OpenAI server"
+            )
         self._vllm = vllm
         kw = dict(model=model_path, tokenizer=model_path, seed=0)
         if engine_cfg is not None:
