@@ -2,7 +2,7 @@
 a head node and two worker nodes, each its own raylet and object store. tests/test_scale_out.py runs
 each scenario in a subprocess of its own (the suite's session Ray must not see this cluster):
 
-    python tests/scale_out_driver.py curate|train|spread TMP_DIR
+    python tests/scale_out_driver.py curate|train|spread|all TMP_DIR
 
 and reads the one line of stdout that starts with RESULT (JSON). Worker nodes provide the custom
 resource `worker`; the stages ask for it, so their tasks and Ray Train workers run on worker nodes
@@ -306,6 +306,19 @@ def scenario_train(tmp: str, cluster, workers) -> dict:
 SCENARIOS = {"spread": scenario_spread, "curate": scenario_curate, "train": scenario_train}
 
 
+def scenario_all(tmp: str, cluster, workers) -> dict:
+    """Every scenario, one after the other, on one cluster (the suite starts it once). Each loss
+    is of a live worker node at that moment; its replacement is a worker node for the next."""
+    out = {}
+    for name, fn in SCENARIOS.items():
+        t0 = time.time()
+        live = [w for w in cluster.worker_nodes if w.node_id in _alive_worker_node_ids()]
+        out[name] = fn(os.path.join(tmp, name), cluster, live)
+        out[name]["initial_worker_nodes"] = [w.node_id for w in live]
+        out[name]["seconds_scenario"] = round(time.time() - t0, 1)
+    return out
+
+
 def main() -> int:
     scenario, tmp = sys.argv[1], sys.argv[2]
     import ray
@@ -317,7 +330,7 @@ def main() -> int:
         cluster, workers = start_cluster()
         result["seconds_cluster_start"] = round(time.time() - t0, 1)
         result["initial_worker_nodes"] = [w.node_id for w in workers]
-        result.update(SCENARIOS[scenario](tmp, cluster, workers))
+        result.update({**SCENARIOS, "all": scenario_all}[scenario](tmp, cluster, workers))
         result["ok"] = True
     except BaseException as e:  # noqa: BLE001 - reported to the test as JSON
         result.update(ok=False, error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())

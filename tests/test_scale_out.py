@@ -8,8 +8,8 @@ all their processes (SIGKILL), and the real stages on it.
   and ends the run from that checkpoint with every step;
 - work spreads: tasks that ask for the workers' resource run on both worker nodes.
 
-Each scenario runs in its own process (tests/scale_out_driver.py) with its own cluster, apart
-from the suite's session Ray, and reports one JSON line.
+The scenarios run one after the other on one cluster, in a process of their own
+(tests/scale_out_driver.py `all`), apart from the suite's session Ray; it reports one JSON line.
 """
 
 from __future__ import annotations
@@ -25,13 +25,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 DRIVER = Path(__file__).resolve().parent / "scale_out_driver.py"
 
-# Each scenario starts its own 3-node cluster: 1-3.5 minutes apiece on 2 cores, which the default
-# suite (kept under 20 minutes) cannot afford yet. Run them with PHI4RAY_SCALE_OUT=1.
-pytestmark = pytest.mark.skipif(
-    os.environ.get("PHI4RAY_SCALE_OUT") != "1",
-    reason="node-loss scenarios take minutes each; run with PHI4RAY_SCALE_OUT=1",
-)
-
 
 def _env() -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
@@ -41,7 +34,7 @@ def _env() -> dict:
     return env
 
 
-def run_scenario(name: str, tmp: Path, timeout: float = 420) -> dict:
+def run_scenario(name: str, tmp: Path, timeout: float = 900) -> dict:
     proc = subprocess.run(
         [sys.executable, str(DRIVER), name, str(tmp)], env=_env(), cwd=str(ROOT),
         capture_output=True, text=True, timeout=timeout,
@@ -53,9 +46,14 @@ def run_scenario(name: str, tmp: Path, timeout: float = 420) -> dict:
     return result
 
 
+@pytest.fixture(scope="module")
+def scale_out(tmp_path_factory):
+    return run_scenario("all", tmp_path_factory.mktemp("scale_out"))
+
+
 @pytest.mark.slow
-def test_work_spreads_over_the_worker_nodes(tmp_path):
-    r = run_scenario("spread", tmp_path)
+def test_work_spreads_over_the_worker_nodes(scale_out):
+    r = scale_out["spread"]
     workers = set(r["worker_nodes"])
     assert len(workers) == 2 and r["head_node"] not in workers
     ran_on = set(r["task_nodes"])
@@ -64,8 +62,8 @@ def test_work_spreads_over_the_worker_nodes(tmp_path):
 
 
 @pytest.mark.slow
-def test_curation_survives_the_loss_of_a_worker_node_with_nothing_lost_or_duplicated(tmp_path):
-    r = run_scenario("curate", tmp_path)
+def test_curation_survives_the_loss_of_a_worker_node_with_nothing_lost_or_duplicated(scale_out):
+    r = scale_out["curate"]
     clean, killed, kill = r["clean"], r["killed"], r["kill"]
     # the node really went, mid-run: after the first extract shard, before the last
     assert kill.get("victim") in r["initial_worker_nodes"], kill
@@ -92,8 +90,8 @@ def test_curation_survives_the_loss_of_a_worker_node_with_nothing_lost_or_duplic
 
 
 @pytest.mark.slow
-def test_training_survives_the_loss_of_a_worker_node_by_resuming_from_its_checkpoint(tmp_path):
-    r = run_scenario("train", tmp_path)
+def test_training_survives_the_loss_of_a_worker_node_by_resuming_from_its_checkpoint(scale_out):
+    r = scale_out["train"]
     entry, kill = r["entry"], r["kill"]
     assert kill.get("victim_hosted_a_train_worker"), kill  # the lost node ran one of the two Ray Train workers
     assert len(kill["train_worker_nodes_before"]) == 2
