@@ -184,9 +184,9 @@ def _busy_workers(node) -> list[str]:
     return titles
 
 
-def _lose_node(cluster, victim, info: dict) -> None:
+def _lose_node(cluster, victim, info: dict, busy: list[str] | None = None) -> None:
     info["victim"] = victim.node_id
-    info["victim_busy"] = _busy_workers(victim)
+    info["victim_busy"] = busy if busy is not None else _busy_workers(victim)
     cluster.remove_node(victim, allow_graceful=False)  # SIGKILL: raylet, object store, workers
     info["replacement"] = _add_worker(cluster).node_id
 
@@ -214,11 +214,20 @@ def scenario_curate(tmp: str, cluster, workers) -> dict:
         except Exception:  # the folder may be created under us
             return []
 
-    if _wait_until(lambda: bool(committed()) or not t.is_alive(), 600, 0.05) and t.is_alive():
+    found: list = []
+
+    def busy_node() -> bool:
+        # a worker node running a curate task now, so that work in flight is lost with it
+        for w in workers:
+            busy = _busy_workers(w)
+            if any("Map" in b for b in busy):
+                found.append((w, busy))
+                return True
+        return False
+
+    if _wait_until(lambda: busy_node() or not t.is_alive(), 600, 0.02) and t.is_alive():
         info["committed_before_kill"] = committed()
-        # the worker node that is running a curate task now (both should be), so work is lost with it
-        victim = next((w for w in workers if any("Map" in b for b in _busy_workers(w))), workers[1])
-        _lose_node(cluster, victim, info)
+        _lose_node(cluster, found[-1][0], info, busy=found[-1][1])
     _result(t, out)
     t_killed = time.time() - t1
     return {

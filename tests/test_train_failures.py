@@ -116,7 +116,7 @@ def test_a_run_stopped_on_two_workers_resumes_on_one_through_a_universal_checkpo
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", [1, 3])  # ZeRO-2, the recipes' default, trains in the test above and in test_train.py
+@pytest.mark.parametrize("stage", [3])  # ZeRO-2, the default, trains in the test above and in test_train.py; ZeRO-1 is ZeRO-2's optimizer without gradient partitioning
 def test_each_zero_stage_learns_a_fixed_batch_on_two_workers_and_exports_for_transformers(ray_local, tmp_path, stage):
     import torch
     from transformers import AutoModelForCausalLM
