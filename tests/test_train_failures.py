@@ -1,6 +1,7 @@
-"""Ray Train + DeepSpeed on 2 CPU workers: a worker killed with SIGKILL mid-run resumes from its
-last checkpoint (DeepSpeed state and data position) and ends where an uninterrupted run ends;
-ZeRO stages 1 and 3 learn and export checkpoints that plain transformers loads."""
+"""Ray Train + DeepSpeed on 2 CPU workers: a run stopped by a worker's SIGKILL continues on one
+worker through a universal checkpoint (DeepSpeed state and data position) and ends where an
+uninterrupted run ends; ZeRO-3 learns and exports a checkpoint that plain transformers loads.
+(Ray Train restarting a lost worker within one run is tests/test_scale_out.py's node loss.)"""
 
 import os
 import signal
@@ -73,23 +74,6 @@ def _run_killing_a_worker(rd: RunDir, recipe: Recipe) -> tuple[dict | None, Base
     finally:
         stop.set()
         watcher.join()
-
-
-@pytest.mark.slow
-def test_a_killed_worker_resumes_from_the_last_checkpoint_and_ends_like_an_uninterrupted_run(clean, tmp_path):
-
-    resumed, error, killed = _run_killing_a_worker(_run_dir(tmp_path / "killed"), _recipe())
-    assert error is None, error
-    assert killed, "no worker was killed: the run ended before its first checkpoint"
-    assert clean["metrics"]["resumed_from_step"] == 0
-    assert resumed["metrics"]["resumed_from_step"] in (4, 8, 12, 16)  # restarted from a checkpoint, not from scratch
-    assert resumed["status"] == "complete" and resumed["counts"]["steps"] == clean["counts"]["steps"] == 20
-    # Same rows in the same order after the restart, same optimizer state: the loss continues
-    # the run. Tolerance: CPU float32 reductions may differ in the last bits after a reload.
-    assert resumed["metrics"]["loss"] == pytest.approx(clean["metrics"]["loss"], rel=1e-3)
-    # and it trained: from ln(100352) = 11.5 at the start to near ln(300) = 5.7, the entropy of
-    # the rows' uniform tokens
-    assert resumed["metrics"]["loss"] < 7.0
 
 
 @pytest.mark.slow
