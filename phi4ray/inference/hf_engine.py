@@ -124,7 +124,7 @@ class TransformersSampler:
 
             return render_chat(messages, add_generation_prompt=True)[0]
         out = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        return list(out["input_ids"] if isinstance(out, dict) or hasattr(out, "keys") else out)
+        return list(out["input_ids"] if hasattr(out, "keys") else out)  # a BatchEncoding in newer transformers
 
     def _stop_ids(self, params: SamplingParams) -> set[int]:
         ids = list(params.stop_token_ids or [])

